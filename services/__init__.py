@@ -1,0 +1,1 @@
+"""gridcase services: one package per service."""

@@ -1,0 +1,1 @@
+"""gridcase's common package: the event contract and the plumbing every service uses."""

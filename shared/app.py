@@ -1,0 +1,247 @@
+"""The service app factory: broker, database, outbox, metrics and HTTP routes for one service.
+
+Each service package has `services/<name>/app.py` with `register(rt: Runtime) -> None`, which
+declares its subscribers (`rt.messaging.consume` / `rt.messaging.serve`), indexes,
+start hooks and background loops. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
+
+from faststream.asgi import AsgiFastStream, AsgiResponse
+from faststream.nats import JStream
+from faststream.specification import AsyncAPI
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from .contract.catalogue import EVENTS
+from .contract.envelope import Envelope
+from .contract.subjects import SERVICE_ACCESS, SERVICE_PORTS, stream_for
+from .db import Indexes, make_client, ping
+from .logs import log, setup_logging
+from .messaging import EventPublisher, Messaging, make_broker
+from .outbox import Outbox
+from .policy import Policy, load_policy
+from .settings import Settings
+
+logger = logging.getLogger("gridcase.app")
+
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+VERSION = "0.1.0"
+
+
+@dataclass
+class Runtime:
+    """Everything one service process owns, built by `build_app`."""
+
+    name: str
+    settings: Settings
+    policy: Policy
+    registry: CollectorRegistry
+    messaging: Messaging
+    mongo: AsyncMongoClient
+    db: AsyncDatabase
+    publisher: EventPublisher
+    outbox: Outbox
+    indexes: Indexes
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    routes: list[tuple[str, ASGIApp]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def broker(self):
+        return self.messaging.broker
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.timezone)
+
+    @property
+    def source(self) -> str:
+        return f"/gridcase/{self.name}"
+
+    def event(self, type_: str, data: Any, *, subject: str | None = None) -> Envelope[Any]:
+        """A new envelope from this service (`source` = `/gridcase/<service>`)."""
+        payload = data.model_dump(mode="json", by_alias=True) if hasattr(data, "model_dump") else data
+        return Envelope.new(type_, payload, source=self.source, subject=subject)
+
+    async def ready(self) -> dict[str, bool]:
+        broker_ok = False
+        try:
+            broker_ok = bool(self.messaging.broker._connection and self.messaging.nc.is_connected)
+        except Exception:
+            broker_ok = False
+        return {"broker": broker_ok, "database": await ping(self.mongo)}
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> AsgiResponse:
+    body = json.dumps(data, ensure_ascii=False, default=str).encode()
+    return AsgiResponse(body, status, {"content-type": "application/json; charset=utf-8", **(headers or {})})
+
+
+def query_params(scope: dict) -> dict[str, list[str]]:
+    return parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
+
+
+def route(handler: Callable[[dict], Awaitable[AsgiResponse]]) -> ASGIApp:
+    """A GET-only raw ASGI route."""
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("method") not in ("GET", "HEAD"):
+            response = _json({"error": "method not allowed"}, 405)
+        else:
+            try:
+                response = await handler(scope)
+            except Exception as exc:
+                log(logger, logging.ERROR, "http route failed", path=scope.get("path"), error=type(exc).__name__)
+                response = _json({"error": "internal error"}, 500)
+        await response(scope, receive, send)
+
+    return app
+
+
+def json_response(data: Any, status: int = 200) -> AsgiResponse:
+    return _json(data, status)
+
+
+def asyncapi_document(rt: Runtime) -> dict[str, Any]:
+    spec = AsyncAPI(
+        rt.broker,
+        title=f"gridcase {rt.name}",
+        version=VERSION,
+        description=f"The {rt.name} service of gridcase (DESIGN §3).",
+        schema_version="3.0.0",
+    )
+    return spec.to_specification().to_jsonable()
+
+
+def _document_publications(rt: Runtime) -> None:
+    """Publishers that only document what this service emits (it publishes via the outbox)."""
+    access = SERVICE_ACCESS.get(rt.name)
+    for subject in access.publishes if access else ():
+        model = EVENTS.get(subject)
+        if model is None:
+            continue
+        rt.broker.publisher(
+            subject,
+            stream=JStream(stream_for(subject).name, declare=False),
+            schema=Envelope[model],  # type: ignore[valid-type]
+            title=f"{subject}:Publisher",
+        )
+
+
+def build_app(
+    service: str,
+    settings: Settings | None = None,
+    register: Callable[[Runtime], None] | None = None,
+) -> tuple[AsgiFastStream, Runtime]:
+    settings = settings or Settings(service=service)
+    if settings.service != service:
+        settings = settings.model_copy(update={"service": service})
+    registry = CollectorRegistry(auto_describe=True)
+    messaging = make_broker(settings, service, registry)
+    mongo = make_client(settings.mongodb_url, app_name=f"gridcase-{service}")
+    db = mongo[settings.database_name()]
+    publisher = EventPublisher(messaging)
+    outbox = Outbox(mongo, db, publisher)
+    indexes = Indexes()
+    Outbox.declare(indexes)
+    rt = Runtime(
+        name=service,
+        settings=settings,
+        policy=load_policy(settings.policy_file),
+        registry=registry,
+        messaging=messaging,
+        mongo=mongo,
+        db=db,
+        publisher=publisher,
+        outbox=outbox,
+        indexes=indexes,
+    )
+    (register or importlib.import_module(f"services.{service}.app").register)(rt)
+    _document_publications(rt)
+    rt.background.append(lambda: outbox.relay_forever(settings.outbox_relay_s))
+
+    async def live(scope: dict) -> AsgiResponse:
+        return _json({"status": "live", "service": service})
+
+    async def ready(scope: dict) -> AsgiResponse:
+        checks = await rt.ready()
+        ok = all(checks.values())
+        return _json({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
+
+    async def metrics(scope: dict) -> AsgiResponse:
+        return AsgiResponse(generate_latest(registry), 200, {"content-type": CONTENT_TYPE_LATEST})
+
+    async def asyncapi(scope: dict) -> AsgiResponse:
+        return _json(asyncapi_document(rt))
+
+    routes = [
+        ("/health/live", route(live)),
+        ("/health/ready", route(ready)),
+        ("/metrics", route(metrics)),
+        ("/docs/asyncapi", route(asyncapi)),
+        *rt.routes,
+    ]
+
+    async def on_startup() -> None:
+        await messaging.start()
+        await indexes.apply(db)
+        for hook in rt.on_start:
+            await hook()
+
+    async def after_startup() -> None:
+        for loop_fn in rt.background:
+            rt._tasks.append(asyncio.create_task(loop_fn()))
+        log(logger, logging.INFO, "service started", service=service)
+
+    async def on_shutdown() -> None:
+        for task in rt._tasks:
+            task.cancel()
+        await asyncio.gather(*rt._tasks, return_exceptions=True)
+
+    async def after_shutdown() -> None:
+        for hook in rt.on_stop:
+            await hook()
+        await mongo.close()
+
+    app = AsgiFastStream(
+        messaging.broker,
+        asgi_routes=routes,
+        on_startup=[on_startup],
+        after_startup=[after_startup],
+        on_shutdown=[on_shutdown],
+        after_shutdown=[after_shutdown],
+    )
+    return app, rt
+
+
+def run_service(service: str, settings: Settings | None = None) -> None:
+    """Run one service in the foreground (what a container does)."""
+    import uvicorn
+
+    settings = settings or Settings(service=service)
+    setup_logging(settings.log_level, service)
+    app, _ = build_app(service, settings)
+    port = settings.http_port or SERVICE_PORTS[service]
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=8,
+    )

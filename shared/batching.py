@@ -1,0 +1,80 @@
+"""Coalescing concurrent calls into one batched call.
+
+A pull consumer fetches a batch and runs the handler for every message concurrently; each
+handler stays a few lines (load, decide, save), and `Coalescer` turns their saves into one
+`bulk_write`/`insert_many` — the writes SecantusDB and MongoDB are fast at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Flush = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]
+
+
+class Coalescer(Generic[T, R]):
+    """`await submit(item)` returns that item's result from a shared `flush(items)` call.
+
+    A flush runs once the current burst of submissions has settled (one event-loop turn plus
+    `max_delay`), or as soon as `max_batch` items wait. `flush` returns one result per item
+    (an exception instance fails only that item).
+    """
+
+    def __init__(self, flush: Flush[T, R], *, max_batch: int = 500, max_delay: float = 0.002) -> None:
+        self._flush_fn = flush
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, fut))
+        if len(self._pending) >= self.max_batch:
+            self._start_flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_delay, self._start_flush)
+        return await fut
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._flush_fn([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError("flush returned a result count that does not match its items")
+        except BaseException as exc:  # every waiter learns of the failure
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def drain(self) -> None:
+        """Flush what waits and wait for running flushes (used at shutdown)."""
+        self._start_flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

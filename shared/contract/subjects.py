@@ -1,0 +1,200 @@
+"""Every subject and stream of DESIGN §3, and who may publish or subscribe to what.
+
+`SERVICE_ACCESS` is the single source for NATS permissions (deploy/nats is rendered from it)
+and for each service's AsyncAPI document.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PREFIX = "gridcase"
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+
+
+INTAKE = Stream("GRIDCASE_INTAKE", ("gridcase.intake.>",), "inbound reports; intake's rejections")
+CASES = Stream("GRIDCASE_CASES", ("gridcase.case.>",), "case lifecycle events")
+MEDIATION = Stream("GRIDCASE_MEDIATION", ("gridcase.mediation.>",), "mediation events")
+DISPATCH = Stream("GRIDCASE_DISPATCH", ("gridcase.dispatch.>",), "volunteer dispatch events")
+DIRECTORY = Stream("GRIDCASE_DIRECTORY", ("gridcase.directory.>",), "directory changes")
+DLQ = Stream("GRIDCASE_DLQ", ("gridcase.dlq.>",), "messages that could not be processed")
+
+STREAMS: tuple[Stream, ...] = (INTAKE, CASES, MEDIATION, DISPATCH, DIRECTORY, DLQ)
+
+
+def stream_for(subject: str) -> Stream:
+    for stream in STREAMS:
+        if any(subject.startswith(s[:-1]) for s in stream.subjects):
+            return stream
+    raise KeyError(f"no stream holds {subject!r}")
+
+
+# ---- inbound -------------------------------------------------------------------------
+INTAKE_REPORT = "gridcase.intake.report.v1"
+INTAKE_REJECTED = "gridcase.intake.rejected.v1"
+
+
+def case_event(name: str) -> str:
+    return f"gridcase.case.{name}.v1"
+
+
+def mediation_event(name: str) -> str:
+    return f"gridcase.mediation.{name}.v1"
+
+
+def dispatch_event(name: str) -> str:
+    return f"gridcase.dispatch.{name}.v1"
+
+
+def command(service: str, verb: str) -> str:
+    return f"gridcase.cmd.{service}.{verb}.v1"
+
+
+def dlq_subject(stream: str, consumer: str) -> str:
+    return f"gridcase.dlq.{stream}.{consumer}"
+
+
+CASE_EVENTS = (
+    "received",
+    "assigned",
+    "accepted",
+    "noted",
+    "paused",
+    "resumed",
+    "sla_warning",
+    "escalated",
+    "resolved",
+    "feedback_recorded",
+    "reopened",
+    "referred",
+    "closed",
+)
+CASE_COMMANDS = (
+    "accept",
+    "note",
+    "pause",
+    "resume",
+    "resolve",
+    "escalate",
+    "refer",
+    "feedback",
+    "reassign",
+    "withdraw",
+)
+MEDIATION_EVENTS = (
+    "opened",
+    "mediator_assigned",
+    "consent_recorded",
+    "session_recorded",
+    "agreed",
+    "failed",
+    "followed_up",
+    "closed",
+)
+MEDIATION_COMMANDS = (
+    "assign_mediator",
+    "record_consent",
+    "record_session",
+    "record_agreement",
+    "record_failure",
+    "record_follow_up",
+)
+DISPATCH_EVENTS = (
+    "volunteer_registered",
+    "task_opened",
+    "offered",
+    "accepted",
+    "declined",
+    "expired",
+    "completed",
+    "unfilled",
+    "cancelled",
+)
+DISPATCH_COMMANDS = ("register_volunteer", "respond", "claim", "complete")
+
+DIRECTORY_CHANGED = "gridcase.directory.changed.v1"
+DIRECTORY_LOAD = command("directory", "load")
+INTAKE_SUBMIT = command("intake", "submit")
+INTAKE_CONTACT = command("intake", "contact")
+STATS_QUERY = command("stats", "query")
+
+
+def durable_name(service: str, subject: str) -> str:
+    """`routing` + `gridcase.case.received.v1` → `routing-case-received`; `>` → `all`."""
+    parts = subject.split(".")[1:]
+    if parts and re.fullmatch(r"v[0-9]+", parts[-1]):
+        parts = parts[:-1]
+    return "-".join([service, *[("all" if p == ">" else p) for p in parts]]).replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ServiceAccess:
+    """What one service publishes, consumes (JetStream durables) and serves (commands)."""
+
+    service: str
+    publishes: tuple[str, ...]
+    consumes: tuple[str, ...]
+    serves: tuple[str, ...]
+
+    @property
+    def durables(self) -> tuple[tuple[str, str], ...]:
+        """(stream, durable name) for each consumed subject: one durable per subject."""
+        return tuple((stream_for(s).name, durable_name(self.service, s)) for s in self.consumes)
+
+
+SERVICE_ACCESS: dict[str, ServiceAccess] = {
+    "intake": ServiceAccess(
+        service="intake",
+        publishes=(case_event("received"), INTAKE_REJECTED),
+        consumes=(INTAKE_REPORT, case_event("assigned"), case_event("closed")),
+        serves=(INTAKE_SUBMIT, INTAKE_CONTACT),
+    ),
+    "routing": ServiceAccess(
+        service="routing",
+        publishes=tuple(case_event(e) for e in CASE_EVENTS if e != "received")
+        + (DIRECTORY_CHANGED,),
+        consumes=(
+            case_event("received"),
+            mediation_event("opened"),
+            mediation_event("agreed"),
+            mediation_event("failed"),
+            dispatch_event("completed"),
+            dispatch_event("unfilled"),
+        ),
+        serves=tuple(command("case", v) for v in CASE_COMMANDS) + (DIRECTORY_LOAD,),
+    ),
+    "mediation": ServiceAccess(
+        service="mediation",
+        publishes=tuple(mediation_event(e) for e in MEDIATION_EVENTS),
+        consumes=(case_event("received"), case_event("assigned"), case_event("closed"), DIRECTORY_CHANGED),
+        serves=tuple(command("mediation", v) for v in MEDIATION_COMMANDS),
+    ),
+    "dispatch": ServiceAccess(
+        service="dispatch",
+        publishes=tuple(dispatch_event(e) for e in DISPATCH_EVENTS),
+        consumes=(case_event("received"), case_event("assigned"), case_event("closed")),
+        serves=tuple(command("dispatch", v) for v in DISPATCH_COMMANDS),
+    ),
+    "stats": ServiceAccess(
+        service="stats",
+        publishes=(),
+        consumes=("gridcase.case.>", "gridcase.mediation.>", "gridcase.dispatch.>", DIRECTORY_CHANGED),
+        serves=(STATS_QUERY,),
+    ),
+}
+
+SERVICES: tuple[str, ...] = tuple(SERVICE_ACCESS)
+SERVICE_PORTS: dict[str, int] = {
+    "intake": 8101,
+    "routing": 8102,
+    "mediation": 8103,
+    "dispatch": 8104,
+    "stats": 8105,
+}

@@ -1,0 +1,387 @@
+"""NATS plumbing every service uses (DESIGN §4).
+
+- `make_broker`: a FastStream `NatsBroker` with the reliability middleware and Prometheus.
+- `consume` / `serve`: durable pull consumers (batched fetch, explicit ack, finite
+  `max_deliver`) and queue-group command endpoints.
+- `ReliabilityMiddleware`: invalid input → DLQ and ack; transient failure → `nak(delay)`
+  with back-off; last delivery failing → DLQ and terminate. Commands answer errors as
+  `{"ok": false, …}` instead.
+- `DeadLetters`: copies messages to `gridcase.dlq.<stream>.<consumer>` with the reason,
+  also from the `MAX_DELIVERIES` / `MSG_TERMINATED` advisories, deduplicated by stream seq.
+- `EventPublisher`: JetStream publishes that always carry `Nats-Msg-Id: <event id>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+from faststream import AckPolicy as FsAckPolicy
+from faststream.exceptions import AckMessage, HandlerException, NackMessage, RejectMessage
+from faststream.middlewares import BaseMiddleware
+from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.js import api
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import ValidationError
+
+from .contract.catalogue import UnknownType
+from .contract.envelope import Envelope
+from .contract.subjects import STREAMS, Stream, dlq_subject, durable_name, stream_for
+from .errors import BadMessage, DomainError, field_errors
+from .logs import log
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from .settings import Settings
+
+logger = logging.getLogger("gridcase.messaging")
+
+BACKOFF_S = (0.5, 2.0, 5.0, 15.0, 30.0, 60.0)
+DLQ_REASON = "Gridcase-Dlq-Reason"
+PERMANENT = (ValidationError, BadMessage, UnknownType, json.JSONDecodeError, UnicodeDecodeError)
+
+
+def backoff(delivered: int) -> float:
+    """Delay before the next attempt after `delivered` failed deliveries."""
+    return BACKOFF_S[min(max(delivered, 1), len(BACKOFF_S)) - 1]
+
+
+@dataclass
+class ConsumerSpec:
+    stream: str
+    durable: str
+    subject: str
+    max_deliver: int
+    ack_wait_s: float
+    max_ack_pending: int
+
+    def config(self) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            durable_name=self.durable,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            filter_subject=self.subject,
+            max_ack_pending=self.max_ack_pending,
+            max_waiting=512,
+        )
+
+
+class DeadLetters:
+    """Keeps what could not be processed, with the reason, in `GRIDCASE_DLQ`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.nc: Client | None = None
+        self.count = Counter(
+            "gridcase_dlq_messages",
+            "Messages sent to the dead-letter stream",
+            ["stream", "consumer", "reason"],
+            registry=registry,
+        )
+
+    def bind(self, nc: Client) -> None:
+        self.nc = nc
+
+    async def put(
+        self,
+        *,
+        stream: str,
+        consumer: str,
+        stream_seq: int,
+        subject: str,
+        data: bytes,
+        reason: str,
+        detail: str,
+        deliveries: int,
+    ) -> None:
+        assert self.nc is not None, "DeadLetters used before the broker connected"
+        headers = {
+            # one DLQ entry per stream message, whichever path (handler or advisory) gets there first
+            "Nats-Msg-Id": f"dlq:{stream}:{consumer}:{stream_seq}",
+            DLQ_REASON: reason,
+            "Gridcase-Dlq-Detail": detail[:2000],
+            "Gridcase-Dlq-Subject": subject,
+            "Gridcase-Dlq-Stream": stream,
+            "Gridcase-Dlq-Stream-Seq": str(stream_seq),
+            "Gridcase-Dlq-Deliveries": str(deliveries),
+        }
+        ack = await self.nc.jetstream().publish(dlq_subject(stream, consumer), data, headers=headers)
+        if not ack.duplicate:
+            self.count.labels(stream, consumer, reason).inc()
+            log(
+                logger,
+                logging.WARNING,
+                "dead-lettered",
+                stream=stream,
+                consumer=consumer,
+                seq=stream_seq,
+                reason=reason,
+                detail=detail[:500],
+            )
+
+    async def watch_advisories(self, consumers: Sequence[ConsumerSpec]) -> list[Any]:
+        """Copy messages that exhausted `max_deliver` or were terminated by anything else."""
+        assert self.nc is not None
+        subs = []
+        for spec in consumers:
+            for kind in ("MAX_DELIVERIES", "MSG_TERMINATED"):
+                subject = f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{spec.stream}.{spec.durable}"
+
+                async def on_advisory(msg: Any, kind: str = kind) -> None:
+                    try:
+                        adv = json.loads(msg.data)
+                        stream, consumer, seq = adv["stream"], adv["consumer"], adv["stream_seq"]
+                        raw = await self.nc.jetstream().get_msg(stream, seq)  # type: ignore[union-attr]
+                    except Exception as exc:  # the message may be gone (limits); log and go on
+                        log(logger, logging.ERROR, "advisory copy failed", kind=kind, error=repr(exc))
+                        return
+                    await self.put(
+                        stream=stream,
+                        consumer=consumer,
+                        stream_seq=seq,
+                        subject=raw.subject or "",
+                        data=raw.data or b"",
+                        reason="max_deliveries" if kind == "MAX_DELIVERIES" else "terminated",
+                        detail=f"advisory {kind.lower()} after {adv.get('deliveries', '?')} deliveries",
+                        deliveries=int(adv.get("deliveries") or 0),
+                    )
+
+                subs.append(await self.nc.subscribe(subject, cb=on_advisory))
+        return subs
+
+
+def _js_meta(raw: Any) -> Any | None:
+    reply = getattr(raw, "reply", None) or ""
+    if not reply.startswith("$JS.ACK."):
+        return None
+    try:
+        return raw.metadata
+    except Exception:
+        return None
+
+
+class ReliabilityMiddleware(BaseMiddleware):
+    """Turns every failure into an explicit decision (DESIGN §4); nothing is dropped silently."""
+
+    dead_letters: DeadLetters
+    max_deliver: int
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        try:
+            return await call_next(msg)
+        except HandlerException:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raw = msg.raw_message
+            meta = _js_meta(raw)
+            if meta is None:  # core request/reply: a command; answer the error
+                return self._command_error(exc)
+            await self._jetstream_failure(raw, meta, exc)
+            raise AssertionError("unreachable") from exc
+
+    def _command_error(self, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, DomainError):
+            return exc.reply()
+        if isinstance(exc, ValidationError):
+            return {
+                "ok": False,
+                "error": {"code": "invalid", "message": "invalid command", "details": field_errors(exc)},
+            }
+        if isinstance(exc, PERMANENT):
+            return {"ok": False, "error": {"code": "invalid", "message": str(exc)[:500]}}
+        log(logger, logging.ERROR, "command failed", error=type(exc).__name__)
+        logger.debug("command failure", exc_info=exc)
+        return {"ok": False, "error": {"code": "internal", "message": "internal error, try again"}}
+
+    async def _jetstream_failure(self, raw: Any, meta: Any, exc: Exception) -> None:
+        delivered = int(meta.num_delivered or 1)
+        where = dict(
+            stream=meta.stream,
+            consumer=meta.consumer,
+            stream_seq=meta.sequence.stream,
+            subject=raw.subject,
+            data=raw.data,
+            deliveries=delivered,
+        )
+        if isinstance(exc, PERMANENT):
+            detail = (
+                json.dumps(field_errors(exc), ensure_ascii=False)
+                if isinstance(exc, ValidationError)
+                else str(exc)
+            )
+            await self.dead_letters.put(reason="invalid", detail=detail, **where)
+            raise AckMessage() from exc  # kept in the DLQ; the stream moves on
+        if delivered >= self.max_deliver:
+            await self.dead_letters.put(reason="exhausted", detail=f"{type(exc).__name__}: {exc}"[:500], **where)
+            raise RejectMessage() from exc
+        log(
+            logger,
+            logging.WARNING,
+            "handler failed, will retry",
+            consumer=meta.consumer,
+            seq=meta.sequence.stream,
+            delivered=delivered,
+            error=type(exc).__name__,
+        )
+        raise NackMessage(delay=backoff(delivered)) from exc
+
+
+def reliability(dead_letters: DeadLetters, max_deliver: int) -> type[ReliabilityMiddleware]:
+    return type(
+        "BoundReliabilityMiddleware",
+        (ReliabilityMiddleware,),
+        {"dead_letters": dead_letters, "max_deliver": max_deliver},
+    )
+
+
+@dataclass
+class Messaging:
+    """The broker and everything bound to it for one service process."""
+
+    service: str
+    settings: Settings
+    broker: NatsBroker
+    dead_letters: DeadLetters
+    consumers: list[ConsumerSpec] = field(default_factory=list)
+    _advisory_subs: list[Any] = field(default_factory=list)
+
+    @property
+    def nc(self) -> Client:
+        return self.broker.connection
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream()
+
+    def consume(self, subject: str, *, durable: str | None = None, batch: int | None = None, **kw: Any):
+        """Decorator: a durable pull consumer of `subject` (DESIGN §4)."""
+        stream = stream_for(subject)
+        spec = ConsumerSpec(
+            stream=stream.name,
+            durable=durable or durable_name(self.service, subject),
+            subject=subject,
+            max_deliver=self.settings.max_deliver,
+            ack_wait_s=self.settings.ack_wait_s,
+            max_ack_pending=max(1024, 8 * (batch or self.settings.fetch_batch)),
+        )
+        self.consumers.append(spec)
+        return self.broker.subscriber(
+            subject,
+            stream=JStream(stream.name, declare=False),
+            durable=spec.durable,
+            config=spec.config(),
+            pull_sub=PullSub(batch_size=batch or self.settings.fetch_batch, timeout=1.0),
+            ack_policy=FsAckPolicy.ACK,
+            **kw,
+        )
+
+    def serve(self, subject: str, **kw: Any):
+        """Decorator: a command endpoint (core request/reply) in this service's queue group."""
+        return self.broker.subscriber(subject, queue=self.service, **kw)
+
+    async def start(self) -> None:
+        """Connect, declare streams (dev) and make every durable consumer match its spec."""
+        await self.broker.connect()
+        self.dead_letters.bind(self.nc)
+        if self.settings.declare_streams:
+            await declare_streams(self.js, replicas=self.settings.stream_replicas)
+        for spec in self.consumers:
+            await ensure_consumer(self.js, spec)
+        self._advisory_subs = await self.dead_letters.watch_advisories(self.consumers)
+
+
+async def declare_streams(js: JetStreamContext, *, replicas: int = 1, streams: Sequence[Stream] = STREAMS) -> None:
+    """Create or update the contract's streams (file storage, dedupe window 2 min)."""
+    for stream in streams:
+        config = api.StreamConfig(
+            name=stream.name,
+            description=stream.description,
+            subjects=list(stream.subjects),
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+            allow_direct=True,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Create the durable or bring an existing one's editable settings up to date.
+
+    A durable keeps the config it was created with unless told otherwise, so a changed
+    `max_deliver` or `ack_wait` would silently not apply without this step.
+    """
+    try:
+        await js.add_consumer(spec.stream, spec.config())
+    except nats.js.errors.BadRequestError as exc:
+        log(logger, logging.WARNING, "consumer config not updatable", durable=spec.durable, error=str(exc))
+
+
+class EventPublisher:
+    """Publishes envelopes to JetStream; the event id is always the `Nats-Msg-Id`."""
+
+    def __init__(self, messaging: Messaging, *, timeout: float = 10.0) -> None:
+        self.messaging = messaging
+        self.timeout = timeout
+
+    async def publish_raw(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+        """Publish `(subject, event id, body)` triples; returns when all are stored."""
+        if not items:
+            return
+        js = self.messaging.js
+        futures = [
+            await js.publish_async(subject, body, headers={"Nats-Msg-Id": event_id})
+            for subject, event_id, body in items
+        ]
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=self.timeout)
+
+    async def publish(self, events: Sequence[Envelope[Any]]) -> None:
+        await self.publish_raw([(e.type, e.id, e.to_json()) for e in events])
+
+
+def make_broker(settings: Settings, service: str, registry: CollectorRegistry) -> Messaging:
+    dead_letters = DeadLetters(registry)
+    broker = NatsBroker(
+        settings.nats_url,
+        name=f"gridcase-{service}",
+        middlewares=(
+            NatsPrometheusMiddleware(registry=registry, app_name=service, metrics_prefix="gridcase_faststream"),
+            reliability(dead_letters, settings.max_deliver),
+        ),
+        # FastStream logs every message at the broker's log level: keep that below INFO.
+        log_level=logging.DEBUG,
+        graceful_timeout=8.0,
+        max_reconnect_attempts=-1,
+    )
+    return Messaging(service=service, settings=settings, broker=broker, dead_letters=dead_letters)
+
+
+__all__ = [
+    "ConsumerSpec",
+    "DeadLetters",
+    "EventPublisher",
+    "Messaging",
+    "ReliabilityMiddleware",
+    "backoff",
+    "declare_streams",
+    "durable_name",
+    "ensure_consumer",
+    "make_broker",
+    "nats",
+]

@@ -1,0 +1,37 @@
+"""Service settings from the environment (`GRIDCASE_` prefix). Built in the app factory only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDCASE_", extra="ignore")
+
+    service: str = Field(default="intake", description="which service this process runs")
+    nats_url: str = "nats://127.0.0.1:4222"
+    mongodb_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    database_prefix: str = "gridcase"
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None  # default: the service's port of DESIGN §7
+    policy_file: Path | None = None
+    timezone: str = "Asia/Shanghai"
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+    # Development declares the streams; production leaves that to NACK resources (k8s/).
+    declare_streams: bool = True
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    # JetStream consumer behaviour (DESIGN §4)
+    max_deliver: int = Field(default=6, ge=2, le=100)
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    fetch_batch: int = Field(default=128, ge=1, le=1024)
+    # Intake: key for encrypting phones (base64 Fernet key); dev default is generated into data_dir.
+    intake_key: str | None = None
+    timer_poll_s: float = Field(default=0.25, gt=0)
+    outbox_relay_s: float = Field(default=1.0, gt=0)
+
+    def database_name(self, service: str | None = None) -> str:
+        return f"{self.database_prefix}_{service or self.service}"

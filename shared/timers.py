@@ -1,0 +1,65 @@
+"""Durable timers: a due time stored on the aggregate itself, polled through an index.
+
+Each aggregate document carries `wake_at` (the earliest deadline it cares about, or null).
+`DuePoller` finds the due ones and hands them to the service, which decides with its domain
+rules and saves with a version guard — so a firing survives restarts, fires once even with
+several replicas, and a stale firing (the case moved on) changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.operations import IndexModel
+
+from .logs import log
+
+logger = logging.getLogger("gridcase.timers")
+
+WAKE_AT = "wake_at"
+WAKE_INDEX = IndexModel([(WAKE_AT, ASCENDING)])
+
+
+class DuePoller:
+    def __init__(
+        self,
+        collection: AsyncCollection,
+        on_due: Callable[[list[dict[str, Any]], datetime], Awaitable[None]],
+        *,
+        interval: float = 0.25,
+        batch: int = 500,
+        field: str = WAKE_AT,
+    ) -> None:
+        self.collection = collection
+        self.on_due = on_due
+        self.interval = interval
+        self.batch = batch
+        self.field = field
+
+    async def poll_once(self, now: datetime | None = None) -> int:
+        now = now or datetime.now(UTC)
+        docs = (
+            await self.collection.find({self.field: {"$lte": now}})
+            .sort(self.field, ASCENDING)
+            .limit(self.batch)
+            .to_list()
+        )
+        if docs:
+            await self.on_due(docs, now)
+        return len(docs)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                n = await self.poll_once()
+            except Exception as exc:
+                log(logger, logging.WARNING, "timer poll failed", error=type(exc).__name__, detail=str(exc)[:200])
+                n = 0
+            if n < self.batch:
+                await asyncio.sleep(self.interval)

@@ -1,0 +1,167 @@
+"""DESIGN §4 against a real nats-server and SecantusDB: DLQ, back-off, dedupe, max_deliver, outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from shared.app import Runtime
+from shared.contract import subjects as s
+from shared.contract.case import AcceptCase
+from shared.contract.envelope import Envelope, new_id
+from shared.contract.intake import Report
+from shared.errors import DomainError
+from shared.outbox import SimulatedCrash
+
+from ..support import command, connect, eventually, publish, running, service_settings, stream_messages
+
+pytestmark = pytest.mark.integration
+
+REPORT = {
+    "channel": "wechat",
+    "external_id": "x-1",
+    "reported_at": "2026-11-30T08:00:00+08:00",
+    "title": "楼道灯坏了",
+    "location": {"building": "jl-b1"},
+}
+
+
+def probe_service(attempts: dict[str, list[float]]):
+    """A tiny service: fails per the report's title, records each attempt, emits one event."""
+
+    def register(rt: Runtime) -> None:
+        @rt.messaging.consume(s.INTAKE_REPORT)
+        async def on_report(body: Envelope[Report]) -> None:
+            key = body.data.external_id
+            attempts.setdefault(key, []).append(time.monotonic())
+            if body.data.title == "always-fails":
+                raise RuntimeError("database unreachable")
+            if body.data.title == "fails-twice" and len(attempts[key]) <= 2:
+                raise ConnectionError("transient")
+            async with rt.outbox.unit_of_work() as uow:
+                await rt.db.seen.insert_one({"_id": key}, session=uow.session)
+                uow.emit(rt.event(s.INTAKE_REJECTED, {"errors": [], "quarantine_id": key, "at": "2026-11-30T00:00:00Z"}))
+
+        @rt.messaging.serve(s.command("case", "accept"))
+        async def accept(body: Envelope[AcceptCase]) -> dict[str, Any]:
+            if body.data.by == "nobody":
+                raise DomainError("not_assignee", "only the assignee may accept")
+            return {"ok": True, "case_id": body.data.case_id}
+
+    return register
+
+
+@pytest.fixture
+async def probe(nats_url: str, mongodb_url: str, db_prefix: str):
+    attempts: dict[str, list[float]] = {}
+    settings = service_settings("probe", nats_url, mongodb_url, db_prefix, max_deliver=3)
+    nc = await connect(nats_url)
+    async with running("probe", settings, probe_service(attempts)) as rt:
+        yield rt, nc, attempts
+    await nc.close()
+
+
+async def test_invalid_payload_goes_to_dlq_and_consumer_keeps_going(probe) -> None:
+    rt, nc, attempts = probe
+    js = nc.jetstream()
+    await js.publish(s.INTAKE_REPORT, b"{not json", headers={"Nats-Msg-Id": "bad-1"})
+    await publish(js, s.INTAKE_REPORT, {**REPORT, "channel": "fax"})  # unknown enum value
+    await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": "good-1"})
+
+    await eventually(lambda: "good-1" in attempts, what="valid report after bad ones")
+    dlq = await eventually(lambda: _dlq(js, 2), what="two DLQ entries")
+    reasons = {m.headers["Gridcase-Dlq-Reason"] for m in dlq}
+    assert reasons == {"invalid"}
+    details = " ".join(m.headers["Gridcase-Dlq-Detail"] for m in dlq)
+    assert "data.channel" in details  # the field path of the bad enum
+    assert all(m.subject == "gridcase.dlq.GRIDCASE_INTAKE.probe-intake-report" for m in dlq)
+    assert {m.data for m in dlq} >= {b"{not json"}  # the raw bytes are kept for inspection
+
+
+async def test_transient_failure_is_retried_with_backoff(probe) -> None:
+    rt, nc, attempts = probe
+    await publish(nc.jetstream(), s.INTAKE_REPORT, {**REPORT, "external_id": "t-1", "title": "fails-twice"})
+    await eventually(lambda: len(attempts.get("t-1", [])) == 3, timeout=15, what="third attempt")
+    a = attempts["t-1"]
+    assert a[1] - a[0] >= 0.4  # back-off 0.5 s after the first failure
+    assert a[2] - a[1] >= 1.8  # back-off 2 s after the second
+    assert await eventually(lambda: rt.db.seen.find_one({"_id": "t-1"}), what="state saved")
+    events = await eventually(lambda: _stream(nc.jetstream(), s.INTAKE_REJECTED, 1), what="event published")
+    assert len(events) == 1
+
+
+async def test_always_failing_handler_stops_at_max_deliver_and_is_dead_lettered(probe) -> None:
+    rt, nc, attempts = probe
+    js = nc.jetstream()
+    await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": "f-1", "title": "always-fails"})
+    dlq = await eventually(lambda: _dlq(js, 1), timeout=20, what="DLQ entry")
+    assert dlq[0].headers["Gridcase-Dlq-Reason"] == "exhausted"
+    assert "RuntimeError" in dlq[0].headers["Gridcase-Dlq-Detail"]
+    await asyncio.sleep(3)  # no redelivery after termination
+    assert len(attempts["f-1"]) == 3
+    metrics = rt.registry.get_sample_value(
+        "gridcase_dlq_messages_total",
+        {"stream": "GRIDCASE_INTAKE", "consumer": "probe-intake-report", "reason": "exhausted"},
+    )
+    assert metrics == 1.0
+
+
+async def test_same_event_id_is_dropped_by_jetstream(probe) -> None:
+    rt, nc, attempts = probe
+    js = nc.jetstream()
+    event_id = new_id()
+    first = await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": "d-1"}, id=event_id)
+    second = await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": "d-1"}, id=event_id)
+    assert not first.duplicate and second.duplicate
+    await eventually(lambda: "d-1" in attempts, what="processed once")
+    await asyncio.sleep(0.5)
+    assert len(attempts["d-1"]) == 1
+
+
+async def test_crash_between_commit_and_publish_loses_no_event(probe) -> None:
+    rt, nc, attempts = probe
+    js = nc.jetstream()
+    # the crash: state committed, the process "dies" before publishing
+    rt.outbox.crash_after_commit = True
+    with pytest.raises(SimulatedCrash):
+        async with rt.outbox.unit_of_work() as uow:
+            await rt.db.seen.insert_one({"_id": "crash-1"}, session=uow.session)
+            uow.emit(rt.event(s.INTAKE_REJECTED, {"errors": [], "quarantine_id": "crash-1", "at": "2026-11-30T00:00:00Z"}))
+    rt.outbox.crash_after_commit = False
+    assert await _stream(js, s.INTAKE_REJECTED, 0) == []
+    assert await rt.db.outbox.count_documents({}) == 1
+    # the relay (running in the service) publishes what was left behind
+    events = await eventually(lambda: _stream(js, s.INTAKE_REJECTED, 1), timeout=10, what="relayed event")
+    assert b"crash-1" in events[0].data
+    assert await eventually(lambda: _count_zero(rt), what="outbox emptied")
+
+
+async def test_commands_answer_errors_and_never_crash(probe) -> None:
+    rt, nc, attempts = probe
+    subject = s.command("case", "accept")
+    ok = await command(nc, subject, {"case_id": "C-01ABC", "by": "s-1"})
+    assert ok == {"ok": True, "case_id": "C-01ABC"}
+    refused = await command(nc, subject, {"case_id": "C-01ABC", "by": "nobody"})
+    assert refused["ok"] is False and refused["error"]["code"] == "not_assignee"
+    invalid = await command(nc, subject, {"case_id": "not a case id", "by": "s-1"})
+    assert invalid["ok"] is False and invalid["error"]["code"] == "invalid"
+    assert any(d["path"] == "data.case_id" for d in invalid["error"]["details"])
+    garbage = await nc.request(subject, b"\xff\xfe", timeout=5)
+    assert b'"ok":false' in garbage.data.replace(b" ", b"")
+
+
+async def _count_zero(rt: Runtime) -> bool:
+    return await rt.db.outbox.count_documents({}) == 0
+
+
+async def _dlq(js, n: int):
+    msgs = await stream_messages(js, "GRIDCASE_DLQ")
+    return msgs if len(msgs) >= n else None
+
+
+async def _stream(js, subject: str, n: int):
+    msgs = await stream_messages(js, "GRIDCASE_INTAKE", subject)
+    return msgs if len(msgs) >= n else ([] if n == 0 else None)

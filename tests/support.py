@@ -1,0 +1,126 @@
+"""Test helpers shared by every suite: real servers on free loopback ports, services in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js import api
+
+from shared.app import Runtime, build_app
+from shared.contract.envelope import Envelope
+from shared.embedded import Child, free_port, nats_healthy, nats_server, wait_until
+from shared.messaging import declare_streams
+from shared.settings import Settings
+
+
+@dataclass
+class NatsServer:
+    url: str
+    port: int
+    monitor_port: int
+    store: Path
+    child: Child
+
+    def restart(self) -> None:
+        """Stop and start on the same ports and store (JetStream state survives)."""
+        self.child.stop()
+        self.child = nats_server(self.store, self.port, self.monitor_port, self.child.log_path).start()
+        wait_until(lambda: nats_healthy(self.monitor_port), 20, "nats-server")
+
+
+def start_nats(tmp: Path) -> NatsServer:
+    port, monitor = free_port(), free_port()
+    child = nats_server(tmp / "js", port, monitor, tmp / "nats.log").start()
+    wait_until(lambda: nats_healthy(monitor), 20, "nats-server")
+    return NatsServer(f"nats://127.0.0.1:{port}", port, monitor, tmp / "js", child)
+
+
+def service_settings(service: str, nats_url: str, mongodb_url: str, prefix: str, **over: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        service=service,
+        nats_url=nats_url,
+        mongodb_url=mongodb_url,
+        database_prefix=prefix,
+        http_port=free_port(),
+        timer_poll_s=0.1,
+        outbox_relay_s=0.5,
+        ack_wait_s=5.0,
+    )
+    values.update(over)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def running(service: str, settings: Settings, register: Callable[[Runtime], None] | None = None) -> AsyncIterator[Runtime]:
+    """Run one service in this process against real servers."""
+    app, rt = build_app(service, settings, register)
+    await app.start()
+    try:
+        yield rt
+    finally:
+        await app.stop()
+
+
+async def connect(url: str):
+    nc = await nats.connect(url)
+    await declare_streams(nc.jetstream())
+    return nc
+
+
+async def publish(js, subject: str, data: Any, *, id: str | None = None, subject_id: str | None = None):
+    env = Envelope.new(subject, data, source="/tests", id=id, subject=subject_id)
+    return await js.publish(subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
+
+
+async def command(nc, subject: str, data: Any, *, id: str | None = None, timeout: float = 10.0) -> dict:
+    env = Envelope.new(subject, data, source="/tests", id=id)
+    msg = await nc.request(subject, env.to_json(), timeout=timeout)
+    return json.loads(msg.data)
+
+
+async def stream_messages(js, stream: str, subject: str | None = None) -> list[Any]:
+    """Every message now stored in `stream` (optionally one subject), via an ephemeral consumer."""
+    info = await js.stream_info(stream)
+    total = info.state.messages
+    if total == 0:
+        return []
+    sub = await js.pull_subscribe(
+        subject or ">",
+        stream=stream,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL, inactive_threshold=30),
+    )
+    out: list[Any] = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(500, timeout=0.5)
+            except nats.errors.TimeoutError:
+                break
+            out.extend(batch)
+            if len(out) >= total:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll an (async) check until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")

@@ -27,6 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from .contract.catalogue import EVENTS
 from .contract.envelope import Envelope
 from .contract.subjects import SERVICE_ACCESS, SERVICE_PORTS, stream_for
+from .commands import CommandLog
 from .db import Indexes, make_client, ping
 from .logs import log, setup_logging
 from .messaging import EventPublisher, Messaging, make_broker
@@ -54,6 +55,7 @@ class Runtime:
     publisher: EventPublisher
     outbox: Outbox
     indexes: Indexes
+    commands: CommandLog
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -169,6 +171,7 @@ def build_app(
         publisher=publisher,
         outbox=outbox,
         indexes=indexes,
+        commands=CommandLog(db),
     )
     (register or importlib.import_module(f"services.{service}.app").register)(rt)
     _document_publications(rt)

@@ -10,8 +10,8 @@ cannot drift from what the services actually publish, consume and serve. Run
 Outputs (both committed, both checked by tests/deploy/test_nats_render.py):
 
 - ``deploy/nats/nats-server.conf``: the 3-node JetStream cluster used by deploy/compose.yaml
-- ``k8s/nats-accounts.conf``: the ``accounts`` block alone, loaded by the official Helm chart
-  (k8s/nats-values.yaml mounts it from a ConfigMap and ``include``s it)
+- ``k8s/nats/nats-accounts.conf``: the ``accounts`` block alone, for the official Helm chart
+  (k8s/nats/ turns it into a ConfigMap; k8s/nats-values.yaml mounts and includes it)
 
 No secret is ever rendered into a file: every password is a NATS config variable such as
 ``$GRIDCASE_NATS_ROUTING_PASSWORD`` that nats-server resolves from its environment at start
@@ -42,7 +42,7 @@ from shared.contract.subjects import (  # noqa: E402
 ACCOUNT = "GRIDCASE"
 SYSTEM_ACCOUNT = "SYS"
 CONF_PATH = ROOT / "deploy" / "nats" / "nats-server.conf"
-K8S_ACCOUNTS_PATH = ROOT / "k8s" / "nats-accounts.conf"
+K8S_ACCOUNTS_PATH = ROOT / "k8s" / "nats" / "nats-accounts.conf"
 
 ADVISORIES = (
     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",

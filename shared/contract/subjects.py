@@ -153,7 +153,7 @@ SERVICE_ACCESS: dict[str, ServiceAccess] = {
     "intake": ServiceAccess(
         service="intake",
         publishes=(case_event("received"), INTAKE_REJECTED),
-        consumes=(INTAKE_REPORT, case_event("assigned"), case_event("closed")),
+        consumes=(INTAKE_REPORT, case_event("assigned"), case_event("closed"), DIRECTORY_CHANGED),
         serves=(INTAKE_SUBMIT, INTAKE_CONTACT),
     ),
     "routing": ServiceAccess(

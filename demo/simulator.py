@@ -267,7 +267,10 @@ class ReportFactory:
         elif r < 0.84:
             loc = {"community": community}
         elif r < 0.93:
-            loc = {"community": community, "address": rng.choice(building.aliases or [building.address])}
+            loc = {
+                "community": community,
+                "address": rng.choice(building.aliases or [building.address]),
+            }
         else:
             loc = {"address": rng.choice(sc.UNLOCATABLE_ADDRESSES)}
         return loc, b_text, c_text
@@ -293,13 +296,14 @@ class ReportFactory:
         return bad
 
 
-def make_volunteers(directory: Directory, rng: random.Random, per_community: int = 15) -> list[dict[str, Any]]:
+def make_volunteers(
+    directory: Directory, rng: random.Random, per_community: int = 15
+) -> list[dict[str, Any]]:
     """About `per_community` volunteers per community (dispatch.Volunteer dicts), fictional."""
     ix = DirectoryIndex(directory)
     out: list[dict[str, Any]] = []
     kinds = {"volunteer": 60, "party_member": 30, "partner_unit": 10}
     for community in ix.communities:
-        abbr = community[:2]
         grids = ix.grids_of.get(community) or [None]
         n = max(1, per_community + rng.randint(-2, 2))
         for i in range(1, n + 1):
@@ -307,10 +311,12 @@ def make_volunteers(directory: Directory, rng: random.Random, per_community: int
             skills = rng.sample(sc.SKILLS, rng.randint(1, 3))
             if i <= len(sc.SKILLS):  # every community covers every skill at least once
                 skills = list(dict.fromkeys([sc.SKILLS[i - 1], *skills]))
-            label = {"volunteer": "志愿者", "party_member": "党员", "partner_unit": "双报到单位"}[kind]
+            label = {"volunteer": "志愿者", "party_member": "党员", "partner_unit": "双报到单位"}[
+                kind
+            ]
             out.append(
                 {
-                    "id": f"v-{abbr}-{i:03d}",
+                    "id": f"v-{community}-{i:03d}",
                     "name": f"示例{label}{i:02d}（虚构）",
                     "community": community,
                     "grid": None if kind == "partner_unit" else rng.choice(grids),
@@ -492,7 +498,9 @@ class _Simulation:
         await asyncio.sleep(max(0.0, seconds) / self.speed)
 
     @staticmethod
-    def window(until: datetime | None, default: float, lo: float = 1.0, hi: float = 3600.0) -> float:
+    def window(
+        until: datetime | None, default: float, lo: float = 1.0, hi: float = 3600.0
+    ) -> float:
         """Seconds from now until `until` (clamped), or `default` if unknown."""
         if until is None:
             return default
@@ -512,7 +520,7 @@ class _Simulation:
         except nats.errors.NoRespondersError:
             self.stats.commands_no_responders += 1
             return None
-        except (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             self.stats.commands_timed_out += 1
             return None
         except asyncio.CancelledError:
@@ -545,7 +553,11 @@ class _Simulation:
             env_id, payload = reuse
         else:
             channel = draw.data.get("channel")
-            source = f"/platform/{channel}" if isinstance(channel, str) and channel else "/platform/unknown"
+            source = (
+                f"/platform/{channel}"
+                if isinstance(channel, str) and channel
+                else "/platform/unknown"
+            )
             env = Envelope.new(type=s.INTAKE_REPORT, data=draw.data, source=source)
             env_id, payload = env.id, env.to_json()
         try:
@@ -554,7 +566,7 @@ class _Simulation:
             )
         except asyncio.CancelledError:
             raise
-        except (nats.errors.Error, TimeoutError, asyncio.TimeoutError, OSError):
+        except (nats.errors.Error, TimeoutError, OSError):
             self.stats.publish_errors += 1
             return
         except Exception:
@@ -706,7 +718,10 @@ class _Simulation:
         await self.sleep(window * (rng.uniform(1.15, 1.6) if late else rng.uniform(0.05, 0.7)))
         if not self._current(case, version, who):
             return
-        if await self.command("case", "accept", {"case_id": case.case_id, "by": who}, case.case_id) is None:
+        if (
+            await self.command("case", "accept", {"case_id": case.case_id, "by": who}, case.case_id)
+            is None
+        ):
             return
         case.accepted = True
         if rng.random() < 0.12:
@@ -714,7 +729,10 @@ class _Simulation:
             if not self._current(case, version, who):
                 return
             await self.command(
-                "case", "note", {"case_id": case.case_id, "by": who, "text": rng.choice(sc.NOTES)}, case.case_id
+                "case",
+                "note",
+                {"case_id": case.case_id, "by": who, "text": rng.choice(sc.NOTES)},
+                case.case_id,
             )
         if case.level != "street" and rng.random() < 0.04:
             await self.sleep(rng.uniform(5, 30))
@@ -796,7 +814,9 @@ class _Simulation:
         await self.sleep(rng.uniform(15, 150))
         if case.closed or not case.resolved or self.stopping:
             return
-        satisfaction = _weighted(rng, {"satisfied": 75, "basically_satisfied": 15, "dissatisfied": 10})
+        satisfaction = _weighted(
+            rng, {"satisfied": 75, "basically_satisfied": 15, "dissatisfied": 10}
+        )
         body = {"case_id": case.case_id, "by": FOLLOW_UP_DESK, "satisfaction": satisfaction}
         await self.command("case", "feedback", body, case.case_id)
 
@@ -894,7 +914,10 @@ class _Simulation:
                 return
         if rng.random() < 0.05:
             await self.sleep(window * 1.1)  # drags on past the norm
-        roles = sorted({str(p.get("role")) for p in case.parties if p.get("role")}) or ["applicant", "respondent"]
+        roles = sorted({str(p.get("role")) for p in case.parties if p.get("role")}) or [
+            "applicant",
+            "respondent",
+        ]
         for _n in range(1 if rng.random() < 0.7 else 2):
             await self.sleep(window * rng.uniform(0.08, 0.2))
             if not live():
@@ -937,7 +960,9 @@ class _Simulation:
         pool = [v for v in self.volunteers.values() if v["community"] == community] or list(
             self.volunteers.values()
         )
-        pool.sort(key=lambda v: (-len(skills & set(v["skills"])), v["grid"] != d.get("grid"), v["id"]))
+        pool.sort(
+            key=lambda v: (-len(skills & set(v["skills"])), v["grid"] != d.get("grid"), v["id"])
+        )
         top = pool[: max(3, int(d.get("people") or 1) * 2)]
         chosen = self.rng.sample(top, min(len(top), int(d.get("people") or 1)))
         for v in chosen:
@@ -956,9 +981,13 @@ class _Simulation:
         task_id, volunteer = d.get("task_id"), d.get("volunteer")
         if case is None or not isinstance(task_id, str) or volunteer not in self.volunteers:
             return
-        self.spawn(self.answer_offer(task_id, case.case_id, volunteer, _parse_time(d.get("expires_at"))))
+        self.spawn(
+            self.answer_offer(task_id, case.case_id, volunteer, _parse_time(d.get("expires_at")))
+        )
 
-    async def answer_offer(self, task_id: str, case_id: str, volunteer: str, expires: datetime | None) -> None:
+    async def answer_offer(
+        self, task_id: str, case_id: str, volunteer: str, expires: datetime | None
+    ) -> None:
         rng = self.rng
         window = self.window(expires, 60.0, hi=1800.0)
         r = rng.random()
@@ -968,7 +997,11 @@ class _Simulation:
         await self.sleep(window * (rng.uniform(0.1, 0.6) if accept else rng.uniform(0.05, 0.5)))
         if self.stopping or task_id in self.tasks_done:
             return
-        body = {"task_id": task_id, "volunteer": volunteer, "answer": "accept" if accept else "decline"}
+        body = {
+            "task_id": task_id,
+            "volunteer": volunteer,
+            "answer": "accept" if accept else "decline",
+        }
         await self.command("dispatch", "respond", body, case_id)
 
     def on_dispatch_accepted(self, d: dict[str, Any]) -> None:
@@ -1093,7 +1126,11 @@ async def simulate(
             ticker = loop.create_task(tick())
         if load_directory:
             await sim.command("directory", "load", directory.model_dump(mode="json"))
-        sim.spawn(sim.register_volunteers(make_volunteers(directory, volunteer_rng, volunteers_per_community)))
+        sim.spawn(
+            sim.register_volunteers(
+                make_volunteers(directory, volunteer_rng, volunteers_per_community)
+            )
+        )
         await sim.publish_loop(factory, rate, deadline)
         remaining = deadline - loop.time()
         if remaining > 0:
@@ -1126,7 +1163,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=os.environ.get("GRIDCASE_NATS_URL", "nats://127.0.0.1:4222"),
         help="NATS URL (default $GRIDCASE_NATS_URL or nats://127.0.0.1:4222)",
     )
-    parser.add_argument("--speed", type=float, default=1.0, help="divide the people's delays by this")
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="divide the people's delays by this"
+    )
     parser.add_argument("--directory", default=str(DEFAULT_DIRECTORY), help="directory YAML file")
     parser.add_argument(
         "--load-directory", action="store_true", help="send the directory to routing first"
@@ -1145,7 +1184,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         directory = load_directory(args.directory)
     except Exception as exc:  # noqa: BLE001 — shown to the operator, names the file only
-        print(f"simulate: cannot load directory {args.directory}: {type(exc).__name__}", file=sys.stderr)
+        print(
+            f"simulate: cannot load directory {args.directory}: {type(exc).__name__}",
+            file=sys.stderr,
+        )
         return 2
     last: list[SimStats] = []
     tty = sys.stderr.isatty()
@@ -1153,7 +1195,12 @@ def run(args: argparse.Namespace) -> int:
     def show(stats: SimStats) -> None:
         last[:] = [stats]
         if not args.quiet:
-            print(("\r" if tty else "") + stats.status_line(), end="" if tty else "\n", file=sys.stderr, flush=True)
+            print(
+                ("\r" if tty else "") + stats.status_line(),
+                end="" if tty else "\n",
+                file=sys.stderr,
+                flush=True,
+            )
 
     try:
         stats = asyncio.run(
@@ -1175,7 +1222,10 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(last[0].as_dict(), ensure_ascii=False, indent=2))
         return 130
     except (OSError, nats.errors.Error) as exc:
-        print(f"\nsimulate: cannot reach NATS at {args.nats_url}: {type(exc).__name__}", file=sys.stderr)
+        print(
+            f"\nsimulate: cannot reach NATS at {args.nats_url}: {type(exc).__name__}",
+            file=sys.stderr,
+        )
         return 1
     if tty and not args.quiet:
         print(file=sys.stderr)

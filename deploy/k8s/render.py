@@ -69,6 +69,7 @@ def streams() -> list[dict]:
                 "retention": "limits",
                 "discard": "old",
                 "duplicateWindow": DUPLICATE_WINDOW,
+                "allowDirect": True,  # as shared.messaging.declare_streams
                 "preventDelete": True,
             },
         }
@@ -98,7 +99,7 @@ def consumers() -> list[dict]:
                 "ackWait": ACK_WAIT,
                 "maxDeliver": MAX_DELIVER,
                 "backoff": BACKOFF,
-                "maxAckPending": 1000,
+                "maxAckPending": 1024,  # = shared.messaging ConsumerSpec at the default fetch_batch
                 "replicas": 3,
             }
             if len(filters) == 1:
@@ -131,7 +132,11 @@ def deployment(service: str) -> dict:
     ]
     if service == "intake":
         env.append(env_from_secret("GRIDCASE_INTAKE_KEY", "gridcase-intake", "intake-key"))
-    probe = {"httpGet": {"path": "/health/live", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
+    probe = {
+        "httpGet": {"path": "/health/live", "port": "http"},
+        "periodSeconds": 10,
+        "timeoutSeconds": 2,
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -140,7 +145,10 @@ def deployment(service: str) -> dict:
             "replicas": 2,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": {"app.kubernetes.io/name": service}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
             "template": {
                 "metadata": {
                     "labels": labels(service),
@@ -229,7 +237,10 @@ def pdb(service: str) -> dict:
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": {"name": service, "labels": labels(service)},
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": service}}},
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": service}},
+        },
     }
 
 
@@ -296,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path.relative_to(ROOT)}")
     for path in stale:
-        print(f"stale: {path.relative_to(ROOT)} (run `python -m deploy.k8s.render`)", file=sys.stderr)
+        print(
+            f"stale: {path.relative_to(ROOT)} (run `python -m deploy.k8s.render`)", file=sys.stderr
+        )
     return 1 if stale else 0
 
 

@@ -155,7 +155,7 @@ def _user_block(name: str, perms: Permissions | None, indent: str) -> str:
         out.append(f"{pad}  publish: {{ allow: {_list(perms.publish, pad + '  ')} }}\n")
         out.append(f"{pad}  subscribe: {{ allow: {_list(perms.subscribe, pad + '  ')} }}\n")
         if perms.allow_responses:
-            out.append(f"{pad}  allow_responses: {{ max: 1, expires: \"2m\" }}\n")
+            out.append(f'{pad}  allow_responses: {{ max: 1, expires: "2m" }}\n')
         out.append(f"{pad}}}\n")
     out.append(f"{indent}}}\n")
     return "".join(out)
@@ -237,22 +237,24 @@ def render_server(
     out.append(f"server_name: {server_name}\n")
     out.append(f"listen: {host}:{port}\n")
     if http_port is not None:
-        out.append(f"http: {host}:{http_port}  # monitoring: /varz /jsz /healthz (scraped by the NATS exporter)\n")
+        out.append(
+            f"http: {host}:{http_port}  # monitoring: /varz /jsz /healthz (scraped by the NATS exporter)\n"
+        )
     out.append("max_payload: 1MB\n")
     out.append("max_connections: 10000\n")
-    out.append("ping_interval: \"20s\"\n")
-    out.append("lame_duck_duration: \"30s\"\n")
-    out.append("lame_duck_grace_period: \"10s\"\n\n")
+    out.append('ping_interval: "20s"\n')
+    out.append('lame_duck_duration: "30s"\n')
+    out.append('lame_duck_grace_period: "10s"\n\n')
     out.append(TLS_COMMENT + "\n")
     out.append("jetstream {\n")
-    out.append(f"  store_dir: \"{store_dir}\"\n")
+    out.append(f'  store_dir: "{store_dir}"\n')
     out.append("  max_memory_store: 512MB\n")
     out.append("  max_file_store: 20GB\n")
-    out.append("  sync_interval: \"2m\"\n")
+    out.append('  sync_interval: "2m"\n')
     out.append("}\n\n")
     if cluster_nodes > 1:
         routes = ", ".join(
-            f"\"nats-route://{node_host.format(n=n)}:6222\"" for n in range(1, cluster_nodes + 1)
+            f'"nats-route://{node_host.format(n=n)}:6222"' for n in range(1, cluster_nodes + 1)
         )
         out.append("cluster {\n")
         out.append("  name: gridcase\n")
@@ -272,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a committed file is stale")
     parser.add_argument("--stdout", action="store_true", help="print the server config instead")
-    parser.add_argument("--single-node", action="store_true", help="with --stdout: no cluster block")
+    parser.add_argument(
+        "--single-node", action="store_true", help="with --stdout: no cluster block"
+    )
     args = parser.parse_args(argv)
     if args.stdout:
         sys.stdout.write(render_server(cluster_nodes=1 if args.single_node else 3))
@@ -288,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
         for path in stale:
-            print(f"stale: {path.relative_to(ROOT)} (run `python -m deploy.nats.render`)", file=sys.stderr)
+            print(
+                f"stale: {path.relative_to(ROOT)} (run `python -m deploy.nats.render`)",
+                file=sys.stderr,
+            )
         return 1
     return 0
 

@@ -78,7 +78,9 @@ def start_server(tmp: Path) -> NatsServer:
         if proc.poll() is not None:
             raise RuntimeError(f"nats-server exited {proc.returncode}:\n{log.read_text()}")
         try:
-            with urllib.request.urlopen(f"{server.http}/healthz?js-enabled-only=true", timeout=1) as r:
+            with urllib.request.urlopen(
+                f"{server.http}/healthz?js-enabled-only=true", timeout=1
+            ) as r:
                 if r.status == 200:
                     return server
         except OSError:
@@ -104,21 +106,23 @@ class Conn:
     def violations(self) -> list[str]:
         return [e for e in self.errors if "permissions violation" in e.lower()]
 
-    async def wait_violation(self, kind: str, subject: str, timeout: float = 5.0) -> str:
+    async def wait_violation(self, kind: str, subject: str, wait_s: float = 5.0) -> str:
         """Wait for the server's `-ERR Permissions Violation for <kind> to "<subject>"`.
 
         nats-py reports it only through error_cb (the connection stays open), so flush first:
         the server answers PUB/SUB before the PING, so the error is usually already here.
         """
         needle = f'for {kind} to "{subject}"'.lower()
-        await self.nc.flush(timeout=timeout)
-        deadline = asyncio.get_running_loop().time() + timeout
+        await self.nc.flush(timeout=wait_s)
+        deadline = asyncio.get_running_loop().time() + wait_s
         while True:
             for err in self.violations():
                 if needle in err.lower():
                     return err
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"no violation {needle!r} for {self.user}; errors: {self.errors}")
+                raise AssertionError(
+                    f"no violation {needle!r} for {self.user}; errors: {self.errors}"
+                )
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:

@@ -12,9 +12,9 @@ import subprocess
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+from natsperm import NATS_SERVER, connect, password_env, start_server
 
 from deploy.nats.render import ADVISORIES
-from natsperm import NATS_SERVER, connect, password_env, start_server
 from shared.contract.subjects import (
     INTAKE_REPORT,
     INTAKE_SUBMIT,
@@ -32,7 +32,9 @@ def durable_filters(service: str, stream: str, durable: str) -> list[str]:
     """The consumed subjects a durable reads (one per durable when the contract pairs them)."""
     access = SERVICE_ACCESS[service]
     if len(access.durables) == len(access.consumes):
-        return [s for (st, d), s in zip(access.durables, access.consumes, strict=True) if d == durable]
+        return [
+            s for (st, d), s in zip(access.durables, access.consumes, strict=True) if d == durable
+        ]
     return [s for s in access.consumes if stream_for(s).name == stream]
 
 
@@ -84,10 +86,15 @@ async def test_routing_publishes_assigned_but_not_received(server, admin):
     routing = await connect(server.url, "routing")
     try:
         ack = await routing.js.publish(
-            case_event("assigned"), b'{"probe": "assigned"}', headers={"Nats-Msg-Id": "probe-assigned-1"}
+            case_event("assigned"),
+            b'{"probe": "assigned"}',
+            headers={"Nats-Msg-Id": "probe-assigned-1"},
         )
         assert ack.stream == "GRIDCASE_CASES"
-        assert await last_msg_data(admin, "GRIDCASE_CASES", case_event("assigned")) == b'{"probe": "assigned"}'
+        assert (
+            await last_msg_data(admin, "GRIDCASE_CASES", case_event("assigned"))
+            == b'{"probe": "assigned"}'
+        )
 
         await routing.nc.publish(case_event("received"), b'{"probe": "forged"}')
         err = await routing.wait_violation("publish", case_event("received"))
@@ -95,7 +102,9 @@ async def test_routing_publishes_assigned_but_not_received(server, admin):
         # the forged event never reached the stream, and the connection is still usable
         assert await last_msg_data(admin, "GRIDCASE_CASES", case_event("received")) is None
         assert routing.nc.is_connected
-        await routing.js.publish(case_event("accepted"), b"{}", headers={"Nats-Msg-Id": "probe-accepted-1"})
+        await routing.js.publish(
+            case_event("accepted"), b"{}", headers={"Nats-Msg-Id": "probe-accepted-1"}
+        )
         assert len(routing.violations()) == 1
     finally:
         await routing.close()
@@ -111,12 +120,16 @@ async def test_service_publishes_its_events_and_dlq(server, admin, service):
     try:
         for i, subject in enumerate(access.publishes):
             body = json.dumps({"probe": service, "subject": subject}).encode()
-            ack = await conn.js.publish(subject, body, headers={"Nats-Msg-Id": f"{service}-pub-{i}"})
+            ack = await conn.js.publish(
+                subject, body, headers={"Nats-Msg-Id": f"{service}-pub-{i}"}
+            )
             assert ack.stream == stream_for(subject).name
             assert await last_msg_data(admin, ack.stream, subject) == body
         for stream, durable in access.durables:
             subject = dlq_subject(stream, durable)
-            ack = await conn.js.publish(subject, b'{"reason": "probe"}', headers={"Nats-Msg-Id": f"dlq-{durable}"})
+            ack = await conn.js.publish(
+                subject, b'{"reason": "probe"}', headers={"Nats-Msg-Id": f"dlq-{durable}"}
+            )
             assert ack.stream == "GRIDCASE_DLQ"
         assert conn.violations() == []
     finally:
@@ -131,7 +144,9 @@ async def test_service_serves_its_commands(server, admin, service):
     try:
 
         async def reply(msg):
-            await msg.respond(json.dumps({"ok": True, "served_by": service, "subject": msg.subject}).encode())
+            await msg.respond(
+                json.dumps({"ok": True, "served_by": service, "subject": msg.subject}).encode()
+            )
 
         for subject in access.serves:
             await conn.nc.subscribe(subject, queue=f"{service}-commands", cb=reply)
@@ -170,7 +185,9 @@ async def test_service_consumes_through_its_durables(server, admin, service, str
             ),
         )
         subject = concrete(filters[0])
-        pub = await admin.js.publish(subject, b'{"probe": 1}', headers={"Nats-Msg-Id": f"in-{durable}"})
+        pub = await admin.js.publish(
+            subject, b'{"probe": 1}', headers={"Nats-Msg-Id": f"in-{durable}"}
+        )
         sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
         msgs = await sub.fetch(1, timeout=3)
         assert [m.subject for m in msgs] == [subject]
@@ -211,7 +228,9 @@ async def test_max_deliveries_advisory_reaches_the_service(server, admin):
             ),
         )
         sub = await conn.js.pull_subscribe_bind(durable=durable, stream=stream)
-        pub = await admin.js.publish(subject, b'{"poison": true}', headers={"Nats-Msg-Id": "poison-1"})
+        pub = await admin.js.publish(
+            subject, b'{"poison": true}', headers={"Nats-Msg-Id": "poison-1"}
+        )
         for _ in range(2):
             msgs = await sub.fetch(1, timeout=3)
             assert msgs[0].metadata.sequence.stream == pub.seq
@@ -245,7 +264,9 @@ async def test_services_cannot_cross_their_boundaries(server, admin):
         await stats.nc.publish("$JS.API.STREAM.DELETE.GRIDCASE_CASES", b"")
         await stats.wait_violation("publish", "$JS.API.STREAM.DELETE.GRIDCASE_CASES")
         await stats.nc.publish("$JS.API.CONSUMER.MSG.NEXT.GRIDCASE_CASES.routing-cases", b"{}")
-        await stats.wait_violation("publish", "$JS.API.CONSUMER.MSG.NEXT.GRIDCASE_CASES.routing-cases")
+        await stats.wait_violation(
+            "publish", "$JS.API.CONSUMER.MSG.NEXT.GRIDCASE_CASES.routing-cases"
+        )
         # replies only to requests actually received (allow_responses), not to any inbox
         await intake.nc.publish("_INBOX.someone-else.1", b"{}")
         await intake.wait_violation("publish", "_INBOX.someone-else.1")
@@ -259,7 +280,9 @@ async def test_platform_user_can_only_submit_reports(server, admin):
     platform = await connect(server.url, "platform")
     intake = await connect(server.url, "intake")
     try:
-        ack = await platform.js.publish(INTAKE_REPORT, b'{"report": 1}', headers={"Nats-Msg-Id": "platform-1"})
+        ack = await platform.js.publish(
+            INTAKE_REPORT, b'{"report": 1}', headers={"Nats-Msg-Id": "platform-1"}
+        )
         assert ack.stream == "GRIDCASE_INTAKE"
 
         async def submit(msg):
@@ -271,7 +294,11 @@ async def test_platform_user_can_only_submit_reports(server, admin):
         assert json.loads(reply.data)["case_id"] == "C-probe"
         assert platform.violations() == []
 
-        for forbidden in (case_event("assigned"), "gridcase.cmd.case.accept.v1", "gridcase.intake.rejected.v1"):
+        for forbidden in (
+            case_event("assigned"),
+            "gridcase.cmd.case.accept.v1",
+            "gridcase.intake.rejected.v1",
+        ):
             await platform.nc.publish(forbidden, b"{}")
             await platform.wait_violation("publish", forbidden)
         await platform.nc.subscribe("gridcase.case.>")
@@ -311,7 +338,11 @@ def test_committed_cluster_config_parses(tmp_path):
 
     env = {**password_env(), "NATS_SERVER_NAME": "nats-1"}
     done = subprocess.run(
-        [str(NATS_SERVER), "-t", "-c", str(CONF_PATH)], env=env, capture_output=True, text=True, timeout=30
+        [str(NATS_SERVER), "-t", "-c", str(CONF_PATH)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     missing = subprocess.run(

@@ -46,4 +46,7 @@ def test_permissions_follow_the_contract():
                 leaked = (set(other_access.publishes) - set(access.publishes)) & set(p.publish)
                 assert not leaked, (name, other, leaked)
         assert not any(s.startswith("$JS.API.STREAM.DELETE") or s == ">" for s in p.publish)
-    assert perms["platform"].publish == ("gridcase.intake.report.v1", "gridcase.cmd.intake.submit.v1")
+    assert perms["platform"].publish == (
+        "gridcase.intake.report.v1",
+        "gridcase.cmd.intake.submit.v1",
+    )

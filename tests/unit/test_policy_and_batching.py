@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from shared.batching import Coalescer
+from shared.contract.common import Category, Level, Priority
+from shared.policy import Policy, PolicyError, load_policy
+from shared.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_match_design() -> None:
+    p = Policy()
+    assert p.ladder == [Level.building, Level.grid, Level.community, Level.street]
+    assert p.clock(Level.grid, Priority.urgent).respond == timedelta(minutes=30)
+    assert p.clock(Level.street, Priority.normal).resolve == timedelta(days=7)
+    assert p.rule(Category.safety_hazard).priority == Priority.urgent
+    assert p.rule(Category.dispute_property).start == Level.community
+    assert p.next_level(Level.community) == Level.street and p.next_level(Level.street) is None
+    assert p.warning_fraction == 0.8 and p.feedback_window == timedelta(days=3)
+    assert p.dispatch.max_offers == 5 and p.mediation_norm == timedelta(days=30)
+
+
+def test_partial_entries_merge_and_seconds_are_allowed(tmp_path: Path) -> None:
+    f = tmp_path / "policy.yaml"
+    f.write_text("clocks:\n  community: {normal: {respond: PT4S}}\ncategories:\n  dispute.neighbour: {start: community}\n")
+    p = load_policy(f)
+    assert p.clock(Level.community, Priority.normal).respond == timedelta(seconds=4)
+    assert p.clock(Level.community, Priority.normal).resolve == timedelta(hours=72)
+    assert p.rule(Category.dispute_neighbour).start == Level.community
+    assert p.rule(Category.dispute_neighbour).handling == "mediation"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("clocks:\n  grdi: {normal: {respond: PT1H}}\n", "clocks.grdi"),
+        ("warning_fraction: 1.5\n", "warning_fraction"),
+        ("feedback_window: three days\n", "feedback_window"),
+        ("dispatch: {max_offer: 3}\n", "dispatch.max_offer"),
+        ("categories:\n  dispute.neighbour: {handling: magic}\n", "categories.dispute.neighbour.handling"),
+        ("ladder: [grid, grid]\n", "ladder"),
+    ],
+)
+def test_bad_policy_names_the_key(tmp_path: Path, text: str, named: str) -> None:
+    f = tmp_path / "policy.yaml"
+    f.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(f)
+    assert named in str(info.value)
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRIDCASE_NATS_URL", "nats://n1:4222,nats://n2:4222")
+    monkeypatch.setenv("GRIDCASE_MONGODB_URL", "mongodb://m1,m2,m3/?replicaSet=rs0")
+    monkeypatch.setenv("GRIDCASE_MAX_DELIVER", "9")
+    st = Settings(service="routing")
+    assert st.nats_url.startswith("nats://n1") and st.mongodb_url.endswith("rs0")
+    assert st.max_deliver == 9 and st.database_name() == "gridcase_routing"
+
+
+async def test_coalescer_batches_concurrent_submissions_and_isolates_failures() -> None:
+    calls: list[list[int]] = []
+
+    async def flush(items):
+        calls.append(list(items))
+        return [ValueError(f"bad {i}") if i == 3 else i * 10 for i in items]
+
+    c: Coalescer[int, int] = Coalescer(flush, max_batch=100)
+    results = await asyncio.gather(*(c.submit(i) for i in range(6)), return_exceptions=True)
+    assert len(calls) == 1 and calls[0] == list(range(6))
+    assert results[:3] == [0, 10, 20] and isinstance(results[3], ValueError) and results[5] == 50
+
+
+async def test_coalescer_flushes_at_max_batch_and_propagates_flush_errors() -> None:
+    sizes: list[int] = []
+
+    async def flush(items):
+        sizes.append(len(items))
+        if len(items) == 2:
+            raise ConnectionError("db down")
+        return list(items)
+
+    c: Coalescer[int, int] = Coalescer(flush, max_batch=4)
+    results = await asyncio.gather(*(c.submit(i) for i in range(10)), return_exceptions=True)
+    assert sizes == [4, 4, 2]
+    assert results[:8] == list(range(8))
+    assert all(isinstance(r, ConnectionError) for r in results[8:])

@@ -24,10 +24,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from .commands import CommandLog
 from .contract.catalogue import EVENTS
 from .contract.envelope import Envelope
 from .contract.subjects import SERVICE_ACCESS, SERVICE_PORTS, stream_for
-from .commands import CommandLog
 from .db import Indexes, make_client, ping
 from .logs import log, setup_logging
 from .messaging import EventPublisher, Messaging, make_broker

@@ -57,7 +57,9 @@ async def request(nats_url: str, subject: str, data: Any, *, timeout: float = 30
     from .contract.envelope import Envelope
 
     env = Envelope.new(subject, data, source="/gridcase/cli", subject=subject_id)
-    nc = await nats.connect(nats_url)
+    from .messaging import nats_servers
+
+    nc = await nats.connect(nats_servers(nats_url))
     try:
         msg = await nc.request(subject, env.to_json(), timeout=timeout)
         return json.loads(msg.data)

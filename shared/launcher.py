@@ -98,9 +98,9 @@ class Stack:
     async def _declare_streams(self) -> None:
         import nats
 
-        from .messaging import declare_streams
+        from .messaging import declare_streams, nats_servers
 
-        nc = await nats.connect(self.nats_url)
+        nc = await nats.connect(nats_servers(self.nats_url))
         try:
             await declare_streams(nc.jetstream())
         finally:

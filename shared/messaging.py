@@ -355,10 +355,15 @@ class EventPublisher:
         await self.publish_raw([(e.type, e.id, e.to_json()) for e in events])
 
 
+def nats_servers(url: str) -> list[str]:
+    """`GRIDCASE_NATS_URL` may list several cluster nodes, comma-separated."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 def make_broker(settings: Settings, service: str, registry: CollectorRegistry) -> Messaging:
     dead_letters = DeadLetters(registry)
     broker = NatsBroker(
-        settings.nats_url,
+        nats_servers(settings.nats_url),
         name=f"gridcase-{service}",
         middlewares=(
             NatsPrometheusMiddleware(registry=registry, app_name=service, metrics_prefix="gridcase_faststream"),

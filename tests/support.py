@@ -124,3 +124,33 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+@dataclass
+class NatsCluster:
+    nodes: list[NatsServer]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+
+def start_nats_cluster(tmp: Path, size: int = 3) -> NatsCluster:
+    """A real JetStream cluster on loopback: `size` nats-servers with routes to each other."""
+    ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+    nodes = []
+    for i, (port, monitor, cluster) in enumerate(ports):
+        routes = [c for j, (_, _, c) in enumerate(ports) if j != i]
+        child = nats_server(
+            tmp / f"n{i}",
+            port,
+            monitor,
+            tmp / f"n{i}.log",
+            name=f"n{i}",
+            cluster_port=cluster,
+            routes=routes,
+        )
+        nodes.append(NatsServer(f"nats://127.0.0.1:{port}", port, monitor, tmp / f"n{i}", child.start()))
+    for node in nodes:
+        wait_until(lambda node=node: nats_healthy(node.monitor_port), 30, f"cluster node {node.url}")
+    return NatsCluster(nodes)

@@ -86,7 +86,7 @@ def test_up_is_ready_quickly_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) ->
                 time.sleep(0.2)
             ready_after = time.monotonic() - t0
             assert ready_after < 20, f"not ready within 20 s (attempt {attempt})"
-            for svc, u in urls.items():
+            for u in urls.values():
                 assert get(u + "/health/live")[0] == 200
                 status, body = get(u + "/metrics")
                 assert status == 200 and b"# HELP" in body

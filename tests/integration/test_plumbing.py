@@ -16,7 +16,15 @@ from shared.contract.intake import Report
 from shared.errors import DomainError
 from shared.outbox import SimulatedCrash
 
-from ..support import command, connect, eventually, publish, running, service_settings, stream_messages
+from ..support import (
+    command,
+    connect,
+    eventually,
+    publish,
+    running,
+    service_settings,
+    stream_messages,
+)
 
 pytestmark = pytest.mark.integration
 

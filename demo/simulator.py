@@ -837,7 +837,8 @@ class _Simulation:
 
     def on_case_closed(self, d: dict[str, Any]) -> None:
         if case := self._own(d):
-            case.closed = True
+            case.closed = True  # pending actions holding it see this and stop
+            del self.cases[case.case_id]  # later events for it are ignored; memory stays bounded
 
     # mediation
 

@@ -28,12 +28,18 @@ class NatsServer:
     monitor_port: int
     store: Path
     child: Child
+    name: str = "gridcase-nats"
+    cluster_port: int | None = None
+    routes: list[int] | None = None
 
     def restart(self) -> None:
-        """Stop and start on the same ports and store (JetStream state survives)."""
+        """Stop (if still running) and start on the same ports and store; JetStream state survives."""
         self.child.stop()
-        self.child = nats_server(self.store, self.port, self.monitor_port, self.child.log_path).start()
-        wait_until(lambda: nats_healthy(self.monitor_port), 20, "nats-server")
+        self.child = nats_server(
+            self.store, self.port, self.monitor_port, self.child.log_path,
+            name=self.name, cluster_port=self.cluster_port, routes=self.routes,
+        ).start()
+        wait_until(lambda: nats_healthy(self.monitor_port), 30, "nats-server")
 
 
 def start_nats(tmp: Path) -> NatsServer:
@@ -150,7 +156,47 @@ def start_nats_cluster(tmp: Path, size: int = 3) -> NatsCluster:
             cluster_port=cluster,
             routes=routes,
         )
-        nodes.append(NatsServer(f"nats://127.0.0.1:{port}", port, monitor, tmp / f"n{i}", child.start()))
+        nodes.append(
+            NatsServer(f"nats://127.0.0.1:{port}", port, monitor, tmp / f"n{i}", child.start(), f"n{i}", cluster, routes)
+        )
     for node in nodes:
         wait_until(lambda node=node: nats_healthy(node.monitor_port), 30, f"cluster node {node.url}")
     return NatsCluster(nodes)
+
+
+def small_directory(communities: int = 2, grids: int = 2, buildings: int = 3) -> dict[str, Any]:
+    """A valid directory document: `cN` communities × `gN` grids × `bN` buildings, fully staffed."""
+    doc: dict[str, Any] = {
+        "districts": [{"code": "linhe", "name": "临河区"}],
+        "streets": [{"code": "jinchuan", "name": "金川街道", "district": "linhe"}],
+        "communities": [],
+        "grids": [],
+        "buildings": [],
+        "staff": [{"id": "s-street", "name": "示例·街道干部（虚构）", "role": "street_officer", "unit": "jinchuan", "languages": ["zh"]}],
+    }
+    for c in range(1, communities + 1):
+        cc = f"c{c}"
+        doc["communities"].append({"code": cc, "name": f"测试{c}社区", "district": "linhe", "street": "jinchuan"})
+        doc["staff"].append({"id": f"s-{cc}-dir", "name": "示例·主任（虚构）", "role": "community_director", "unit": cc, "languages": ["zh"]})
+        doc["staff"].append({"id": f"s-{cc}-med", "name": "示例·调解员（虚构）", "role": "mediator", "unit": cc, "languages": ["zh", "mn"]})
+        for g in range(1, grids + 1):
+            gc = f"{cc}-g{g}"
+            doc["grids"].append({"code": gc, "name": f"{g}网格", "community": cc})
+            doc["staff"].append({"id": f"s-{gc}", "name": "示例·网格员（虚构）", "role": "grid_worker", "unit": gc, "languages": ["zh"]})
+            for b in range(1, buildings + 1):
+                bc = f"{gc}-b{b}"
+                doc["buildings"].append({"code": bc, "grid": gc, "address": f"测试{c}社区 {g}网格 {b}号楼", "aliases": [f"{c}区{g}格{b}栋"]})
+    return doc
+
+
+def report(external_id: str, building: str, *, category: str = "facility.parking", channel: str = "wechat") -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "external_id": external_id,
+        "reported_at": "2026-11-30T08:00:00+08:00",
+        "category": category,
+        "title": "楼下乱停车",
+        "description": "消防通道被占用",
+        "location": {"building": building},
+        "reporter": {"name": "测试居民", "phone": "13800000000", "anonymous": False},
+    }

@@ -146,7 +146,7 @@ class Consent(BaseModel):
 class Dossier(BaseModel):
     """The whole mediation file as one document (`_id` = mediation_id)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
 
     mediation_id: str
     case_id: str

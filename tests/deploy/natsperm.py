@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+import nats.errors
 
 from deploy.nats.render import password_var, render_server, users
 
@@ -124,6 +125,22 @@ class Conn:
                     f"no violation {needle!r} for {self.user}; errors: {self.errors}"
                 )
             await asyncio.sleep(0.02)
+
+    async def request(self, subject: str, body: bytes, wait_s: float = 3.0):
+        """Request/reply that tolerates the responder's SUB still being in flight.
+
+        nats-py's flush() writes its PING straight to the socket, ahead of SUB lines still in
+        its pending buffer, so "subscribed and flushed" does not yet mean "the server has the
+        interest": retry on no-responders for a moment.
+        """
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            try:
+                return await self.nc.request(subject, body, timeout=wait_s)
+            except nats.errors.NoRespondersError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         await self.nc.close()

@@ -152,7 +152,7 @@ async def test_service_serves_its_commands(server, admin, service):
             await conn.nc.subscribe(subject, queue=f"{service}-commands", cb=reply)
         await conn.nc.flush()
         for subject in access.serves:
-            msg = await requester.nc.request(subject, b'{"type": "probe"}', timeout=3)
+            msg = await requester.request(subject, b'{"type": "probe"}')
             assert json.loads(msg.data) == {"ok": True, "served_by": service, "subject": subject}
         for advisory in ADVISORIES:
             await conn.nc.subscribe(advisory)
@@ -290,7 +290,7 @@ async def test_platform_user_can_only_submit_reports(server, admin):
 
         await intake.nc.subscribe(INTAKE_SUBMIT, queue="intake", cb=submit)
         await intake.nc.flush()
-        reply = await platform.nc.request(INTAKE_SUBMIT, b"{}", timeout=3)
+        reply = await platform.request(INTAKE_SUBMIT, b"{}")
         assert json.loads(reply.data)["case_id"] == "C-probe"
         assert platform.violations() == []
 

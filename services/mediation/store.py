@@ -1,0 +1,153 @@
+"""The mediation database: dossiers, what is known of each case, the mediators' directory.
+
+Every write is an `_id` lookup with a version guard (SecantusDB scans on `find_one_and_update`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+from pymongo.operations import IndexModel
+
+from shared.db import Indexes
+from shared.errors import Conflict
+from shared.timers import WAKE_INDEX
+
+from .domain import CaseFile, Dossier, Mediator, State
+
+DOSSIERS = "dossiers"
+CASES = "cases"
+DIRECTORY = "directory"
+DIRECTORY_ID = "current"
+
+
+def declare(indexes: Indexes) -> None:
+    indexes.add(
+        DOSSIERS,
+        WAKE_INDEX,
+        IndexModel([("case_id", ASCENDING), ("state", ASCENDING)]),
+        IndexModel([("mediator", ASCENDING), ("state", ASCENDING)]),
+        IndexModel([("state", ASCENDING), ("community", ASCENDING)]),
+    )
+
+
+def to_doc(d: Dossier) -> dict[str, Any]:
+    return {"_id": d.mediation_id, **d.model_dump()}
+
+
+def from_doc(doc: dict[str, Any]) -> Dossier:
+    return Dossier.model_validate(doc)
+
+
+class Directory:
+    """Mediators and community directors, from the newest `directory.changed`."""
+
+    def __init__(self, doc: dict[str, Any] | None) -> None:
+        doc = doc or {}
+        self.version: int = doc.get("version", 0)
+        self.mediators = [
+            Mediator(m["id"], m["community"], frozenset(m.get("languages") or ()))
+            for m in doc.get("mediators", [])
+        ]
+        self.directors: list[dict[str, str]] = doc.get("directors", [])
+
+    def mediators_of(self, community: str | None) -> list[Mediator]:
+        return [m for m in self.mediators if community and m.community == community]
+
+    def directors_of(self, community: str | None) -> list[str]:
+        return [d["id"] for d in self.directors if community and d["community"] == community]
+
+    def communities_with_mediators(self) -> set[str]:
+        return {m.community for m in self.mediators}
+
+
+class Store:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.db = db
+        self.dossiers = db[DOSSIERS]
+        self.cases = db[CASES]
+        self.directory = db[DIRECTORY]
+
+    # -- dossiers -------------------------------------------------------------------
+
+    async def get(self, mediation_id: str) -> Dossier | None:
+        doc = await self.dossiers.find_one({"_id": mediation_id})
+        return from_doc(doc) if doc else None
+
+    async def exists(self, mediation_id: str, session: AsyncClientSession | None = None) -> bool:
+        return await self.dossiers.find_one({"_id": mediation_id}, {"_id": 1}, session=session) is not None
+
+    async def open_for_case(self, case_id: str, session: AsyncClientSession | None = None) -> list[Dossier]:
+        docs = await self.dossiers.find({"case_id": case_id, "state": State.open.value}, session=session).to_list()
+        return [from_doc(d) for d in docs]
+
+    async def open_without_mediator(self, communities: Iterable[str]) -> list[Dossier]:
+        docs = await self.dossiers.find(
+            {"state": State.open.value, "mediator": None, "community": {"$in": list(communities)}}
+        ).to_list()
+        return [from_doc(d) for d in docs]
+
+    async def load(self, mediators: Iterable[str]) -> dict[str, int]:
+        """Open dossiers per mediator."""
+        out = {}
+        for m in mediators:
+            out[m] = await self.dossiers.count_documents({"mediator": m, "state": State.open.value})
+        return out
+
+    async def insert(self, d: Dossier, session: AsyncClientSession) -> None:
+        await self.dossiers.insert_one(to_doc(d), session=session)
+
+    async def save(self, d: Dossier, expected_version: int, session: AsyncClientSession | None = None) -> None:
+        """Version-guarded replace; `Conflict` when someone else wrote first."""
+        result = await self.dossiers.replace_one(
+            {"_id": d.mediation_id, "version": expected_version}, to_doc(d), session=session
+        )
+        if result.matched_count != 1:
+            raise Conflict(f"dossier {d.mediation_id} changed (expected version {expected_version})")
+
+    async def set_wake(self, d: Dossier) -> None:
+        """Move the timer of an unchanged dossier (no event): guarded by its version."""
+        await self.dossiers.update_one(
+            {"_id": d.mediation_id, "version": d.version}, {"$set": {"wake_at": d.wake_at}}
+        )
+
+    # -- cases ----------------------------------------------------------------------
+
+    async def get_case(self, case_id: str, session: AsyncClientSession | None = None) -> CaseFile:
+        doc = await self.cases.find_one({"_id": case_id}, session=session)
+        return CaseFile.model_validate(doc) if doc else CaseFile(case_id=case_id)
+
+    async def save_case(self, cf: CaseFile, session: AsyncClientSession) -> None:
+        """Guarded by `rev`: concurrent `received`/`assigned`/`closed` of one case serialise here."""
+        expected = cf.rev
+        doc = {"_id": cf.case_id, **cf.model_dump(), "rev": expected + 1}
+        if expected == 0:
+            try:
+                await self.cases.insert_one(doc, session=session)
+            except DuplicateKeyError as exc:
+                raise Conflict(f"case {cf.case_id} created concurrently") from exc
+        else:
+            result = await self.cases.replace_one({"_id": cf.case_id, "rev": expected}, doc, session=session)
+            if result.matched_count != 1:
+                raise Conflict(f"case {cf.case_id} changed concurrently")
+
+    # -- directory ------------------------------------------------------------------
+
+    async def get_directory(self) -> Directory:
+        return Directory(await self.directory.find_one({"_id": DIRECTORY_ID}))
+
+    async def save_directory(self, version: int, mediators: list[dict], directors: list[dict]) -> bool:
+        """Keep the newest version only; False when an equal or newer one is stored."""
+        doc = {"_id": DIRECTORY_ID, "version": version, "mediators": mediators, "directors": directors}
+        try:
+            result = await self.directory.replace_one(
+                {"_id": DIRECTORY_ID, "version": {"$lt": version}}, doc, upsert=True
+            )
+        except DuplicateKeyError:
+            return False
+        return result.matched_count == 1 or result.upserted_id is not None

@@ -1101,8 +1101,9 @@ async def simulate(
     async def _quiet_error(_e: Exception) -> None:
         pass
 
+    servers = [u.strip() for u in nats_url.split(",") if u.strip()]  # a cluster may be listed
     nc = await nats.connect(
-        nats_url,
+        servers,
         name="gridcase-simulator",
         connect_timeout=5,
         max_reconnect_attempts=60,

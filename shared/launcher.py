@@ -57,6 +57,7 @@ class Stack:
     nats: Child | None = None
     db: Child | None = None
     services: dict[str, Child] = field(default_factory=dict)
+    extras: dict[str, Child] = field(default_factory=dict)  # e.g. the demo simulator
     nats_url: str = ""
     mongodb_url: str = ""
     nats_monitor: int | None = None
@@ -161,7 +162,9 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        """Services first (they drain), then the database, then NATS."""
+        """Extras and services first (they drain), then the database, then NATS."""
+        for child in self.extras.values():
+            child.stop(timeout=3)
         for child in self.services.values():
             if child.alive() and child.proc:
                 child.proc.send_signal(signal.SIGTERM)
@@ -185,6 +188,8 @@ class Stack:
             rows.append(("mongodb (external)", "-", _redact(self.mongodb_url)))
         for name, child in self.services.items():
             rows.append((name, str(child.pid), self.url(name)))
+        for name, child in self.extras.items():
+            rows.append((name, str(child.pid), str(child.log_path)))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 

@@ -297,8 +297,9 @@ class Messaging:
         self.dead_letters.bind(self.nc)
         if self.settings.declare_streams:
             await declare_streams(self.js, replicas=self.settings.stream_replicas)
-        for spec in self.consumers:
-            await ensure_consumer(self.js, spec)
+        if self.settings.manage_consumers:
+            for spec in self.consumers:
+                await ensure_consumer(self.js, spec)
         self._advisory_subs = await self.dead_letters.watch_advisories(self.consumers)
 
 

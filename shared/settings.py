@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Development declares the streams; production leaves that to NACK resources (k8s/).
     declare_streams: bool = True
+    # Development brings durable consumers' settings up to date at start; in production the
+    # NACK Consumer resources own them (k8s/), so services only bind.
+    manage_consumers: bool = True
     stream_replicas: int = Field(default=1, ge=1, le=5)
     # JetStream consumer behaviour (DESIGN §4)
     max_deliver: int = Field(default=6, ge=2, le=100)

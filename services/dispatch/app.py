@@ -1,9 +1,67 @@
-"""Wiring of the dispatch service: subscribers, indexes, background loops."""
+"""Wiring of the dispatch service: subscribers, commands, indexes, the registry and the offer timer.
+
+Volunteer dispatch (DESIGN §3, issue 6): a task per (case, level) on `case.assigned` with
+`handling: dispatch`; offers one at a time per open place, or open claims for micro-wishes;
+`completed` / `unfilled` / `cancelled` for routing. Decisions are documented in `domain.py`.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from faststream.nats.annotations import NatsMessage
+
 from shared.app import Runtime
+from shared.contract import subjects as s
+from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
+from shared.contract.dispatch import ClaimTask, CompleteTask, RegisterVolunteer, RespondToOffer
+from shared.contract.envelope import Envelope
+from shared.timers import DuePoller
+
+from .handlers import Dispatch
+from .store import TASKS, DispatchStore
+
+
+def _delivered(msg: Any) -> int:
+    try:
+        return int(msg.raw_message.metadata.num_delivered or 1)
+    except Exception:
+        return 1
 
 
 def register(rt: Runtime) -> None:
-    """Declare this service's subscribers and loops on the runtime (filled by its issue)."""
+    svc = Dispatch(rt)
+    rt.dispatch = svc  # type: ignore[attr-defined]  # for tests and the benchmark
+    DispatchStore.declare(rt.indexes)
+    rt.on_start.append(svc.load)
+    poller = DuePoller(rt.db[TASKS], svc.on_due, interval=rt.settings.timer_poll_s)
+    rt.background.append(poller.run_forever)
+    rt.background.append(svc.refresh_forever)
+
+    @rt.messaging.consume(s.case_event("received"))
+    async def on_received(body: Envelope[CaseReceived]) -> None:
+        await svc.on_received(body.data)
+
+    @rt.messaging.consume(s.case_event("assigned"))
+    async def on_assigned(body: Envelope[CaseAssigned], msg: NatsMessage) -> None:
+        await svc.on_assigned(body.data, _delivered(msg))
+
+    @rt.messaging.consume(s.case_event("closed"))
+    async def on_closed(body: Envelope[CaseClosed]) -> None:
+        await svc.on_closed(body.data)
+
+    @rt.messaging.serve(s.command("dispatch", "register_volunteer"))
+    async def register_volunteer(body: Envelope[RegisterVolunteer]) -> dict[str, Any]:
+        return await svc.register_volunteer(body.id, body.data)
+
+    @rt.messaging.serve(s.command("dispatch", "respond"))
+    async def respond(body: Envelope[RespondToOffer]) -> dict[str, Any]:
+        return await svc.respond(body.id, body.data)
+
+    @rt.messaging.serve(s.command("dispatch", "claim"))
+    async def claim(body: Envelope[ClaimTask]) -> dict[str, Any]:
+        return await svc.claim(body.id, body.data)
+
+    @rt.messaging.serve(s.command("dispatch", "complete"))
+    async def complete(body: Envelope[CompleteTask]) -> dict[str, Any]:
+        return await svc.complete(body.id, body.data)

@@ -657,6 +657,7 @@ class CaseInfo:
     languages: list[str] = field(default_factory=list)
     received: bool = False
     closed_version: int = 0
+    assigned_version: int = 0  # version of the latest `assigned` applied
     # level → {"task_id": str, "assigned_version": int}
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 0  # document version (0 = not stored yet)
@@ -671,6 +672,7 @@ class CaseInfo:
             "languages": self.languages,
             "received": self.received,
             "closed_version": self.closed_version,
+            "assigned_version": self.assigned_version,
             "tasks": self.tasks,
             "version": self.version,
         }
@@ -686,6 +688,7 @@ class CaseInfo:
             languages=list(d.get("languages") or []),
             received=bool(d.get("received")),
             closed_version=int(d.get("closed_version") or 0),
+            assigned_version=int(d.get("assigned_version") or 0),
             tasks=dict(d.get("tasks") or {}),
             version=int(d.get("version", 0)),
         )

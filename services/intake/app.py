@@ -2,8 +2,58 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from faststream.nats.annotations import NatsMessage
+
 from shared.app import Runtime
+from shared.contract import subjects as s
+from shared.contract.case import CaseAssigned, CaseClosed
+from shared.contract.directory import DirectoryChanged
+from shared.contract.envelope import Envelope
+from shared.contract.intake import ContactRequest
+
+from .handlers import Intake
+from .privacy import Privacy
+from .store import IntakeStore
 
 
 def register(rt: Runtime) -> None:
-    """Declare this service's subscribers and loops on the runtime (filled by its issue)."""
+    store = IntakeStore(rt.db)
+    store.declare(rt.indexes)
+    intake = Intake(rt, store, Privacy.from_settings(rt.settings))
+    rt.intake = intake  # type: ignore[attr-defined]  # for tests and tools
+
+    # Reports: the raw bytes are validated by intake itself, so an invalid report is answered,
+    # announced and quarantined instead of being dead-lettered.
+    @rt.messaging.consume(s.INTAKE_REPORT, description="A platform submits a report (Report envelope)")
+    async def on_report(msg: NatsMessage) -> None:
+        await intake.take(msg.body, s.INTAKE_REPORT)
+
+    @rt.messaging.serve(s.INTAKE_SUBMIT, description="Submit a report; answers accepted/duplicate + case_id")
+    async def on_submit(msg: NatsMessage) -> dict[str, Any]:
+        return (await intake.take(msg.body, s.INTAKE_SUBMIT)).reply()
+
+    @rt.messaging.serve(s.INTAKE_CONTACT)
+    async def on_contact(body: Envelope[ContactRequest]) -> dict[str, Any]:
+        return await intake.contact(body.data, body.id)
+
+    @rt.messaging.consume(s.case_event("assigned"))
+    async def on_assigned(body: Envelope[CaseAssigned]) -> None:
+        await intake.on_assigned(body.data)
+
+    @rt.messaging.consume(s.case_event("closed"))
+    async def on_closed(body: Envelope[CaseClosed]) -> None:
+        await intake.on_closed(body.data)
+
+    @rt.messaging.consume(s.DIRECTORY_CHANGED)
+    async def on_directory(body: Envelope[DirectoryChanged]) -> None:
+        await intake.on_directory(body.data)
+
+    rt.on_start.append(intake.refresh_directory)
+    rt.background.append(intake.refresh_forever)
+
+    async def drain() -> None:
+        await intake.coalescer.drain()
+
+    rt.on_stop.append(drain)

@@ -1,9 +1,73 @@
-"""Wiring of the mediation service: subscribers, indexes, background loops."""
+"""Wiring of the mediation service: subscribers, commands, indexes and the overdue timer."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared.app import Runtime
+from shared.contract import subjects as s
+from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
+from shared.contract.directory import DirectoryChanged
+from shared.contract.envelope import Envelope
+from shared.contract.mediation import (
+    AssignMediator,
+    RecordAgreement,
+    RecordConsent,
+    RecordFailure,
+    RecordFollowUp,
+    RecordSession,
+)
+from shared.timers import DuePoller
+
+from . import store
+from .handlers import Mediation
 
 
 def register(rt: Runtime) -> None:
-    """Declare this service's subscribers and loops on the runtime (filled by its issue)."""
+    """Declare the mediation service on the runtime."""
+    svc = Mediation(rt)
+    store.declare(rt.indexes)
+    consume, serve = rt.messaging.consume, rt.messaging.serve
+
+    @consume(s.case_event("received"))
+    async def on_received(body: Envelope[CaseReceived]) -> None:
+        await svc.on_received(body.data)
+
+    @consume(s.case_event("assigned"))
+    async def on_assigned(body: Envelope[CaseAssigned]) -> None:
+        await svc.on_assigned(body.data)
+
+    @consume(s.case_event("closed"))
+    async def on_closed(body: Envelope[CaseClosed]) -> None:
+        await svc.on_closed(body.data)
+
+    @consume(s.DIRECTORY_CHANGED)
+    async def on_directory(body: Envelope[DirectoryChanged]) -> None:
+        await svc.on_directory(body.data)
+
+    @serve(s.command("mediation", "assign_mediator"))
+    async def assign_mediator(body: Envelope[AssignMediator]) -> dict[str, Any]:
+        return await svc.command("assign_mediator", body)
+
+    @serve(s.command("mediation", "record_consent"))
+    async def record_consent(body: Envelope[RecordConsent]) -> dict[str, Any]:
+        return await svc.command("record_consent", body)
+
+    @serve(s.command("mediation", "record_session"))
+    async def record_session(body: Envelope[RecordSession]) -> dict[str, Any]:
+        return await svc.command("record_session", body)
+
+    @serve(s.command("mediation", "record_agreement"))
+    async def record_agreement(body: Envelope[RecordAgreement]) -> dict[str, Any]:
+        return await svc.command("record_agreement", body)
+
+    @serve(s.command("mediation", "record_failure"))
+    async def record_failure(body: Envelope[RecordFailure]) -> dict[str, Any]:
+        return await svc.command("record_failure", body)
+
+    @serve(s.command("mediation", "record_follow_up"))
+    async def record_follow_up(body: Envelope[RecordFollowUp]) -> dict[str, Any]:
+        return await svc.command("record_follow_up", body)
+
+    poller = DuePoller(rt.db[store.DOSSIERS], svc.on_due, interval=rt.settings.timer_poll_s)
+    rt.background.append(poller.run_forever)

@@ -86,6 +86,10 @@ class Store:
         docs = await self.dossiers.find({"case_id": case_id, "state": State.open.value}, session=session).to_list()
         return [from_doc(d) for d in docs]
 
+    async def missing_parties(self, case_id: str, session: AsyncClientSession | None = None) -> list[Dossier]:
+        docs = await self.dossiers.find({"case_id": case_id, "parties_known": False}, session=session).to_list()
+        return [from_doc(d) for d in docs]
+
     async def open_without_mediator(self, communities: Iterable[str]) -> list[Dossier]:
         docs = await self.dossiers.find(
             {"state": State.open.value, "mediator": None, "community": {"$in": list(communities)}}

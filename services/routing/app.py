@@ -1,9 +1,95 @@
-"""Wiring of the routing service: subscribers, indexes, background loops."""
+"""Wiring of the routing service: subscribers, commands, indexes, start hooks, timers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared.app import Runtime
+from shared.contract import case as c
+from shared.contract import subjects as s
+from shared.contract.directory import Directory
+from shared.contract.dispatch import TaskCompleted, TaskUnfilled
+from shared.contract.envelope import Envelope
+from shared.contract.mediation import MediationAgreed, MediationFailed, MediationOpened
+from shared.timers import DuePoller
+
+from . import domain
+from .handlers import Routing
+from .store import Store
+
+COMMAND_MODELS: dict[str, type] = {
+    "accept": c.AcceptCase,
+    "note": c.NoteCase,
+    "pause": c.PauseCase,
+    "resume": c.ResumeCase,
+    "resolve": c.ResolveCase,
+    "escalate": c.EscalateCase,
+    "refer": c.ReferCase,
+    "feedback": c.RecordFeedback,
+    "reassign": c.ReassignCase,
+    "withdraw": c.WithdrawCase,
+}
 
 
 def register(rt: Runtime) -> None:
-    """Declare this service's subscribers and loops on the runtime (filled by its issue)."""
+    routing = Routing(rt)
+    rt.routing = routing  # type: ignore[attr-defined]  # for tests and tools in this process
+    Store.declare(rt.indexes)
+    rt.on_start.append(routing.start)
+    poller = DuePoller(routing.store.cases, routing.on_due, interval=rt.settings.timer_poll_s, batch=1000)
+    rt.background.append(poller.run_forever)
+    rt.background.append(routing.watch_directory)
+    rt.on_stop.append(routing.received.drain)
+
+    @rt.messaging.serve(s.DIRECTORY_LOAD)
+    async def load_directory(body: Envelope[Directory]) -> dict[str, Any]:
+        return await routing.load_directory(body)
+
+    for verb, model in COMMAND_MODELS.items():
+        _serve_command(rt, routing, verb, model)
+
+    @rt.messaging.consume(s.case_event("received"), batch=256)
+    async def on_received(body: Envelope[c.CaseReceived]) -> None:
+        await routing.on_received(body)
+
+    @rt.messaging.consume(s.mediation_event("opened"))
+    async def on_mediation_opened(body: Envelope[MediationOpened]) -> None:
+        d = body.data
+        await routing.apply_external(
+            d.case_id, body.id, lambda case, ctx: domain.mediation_opened(case, d.mediation_id, d.level, d.mediator, ctx)
+        )
+
+    @rt.messaging.consume(s.mediation_event("agreed"))
+    async def on_mediation_agreed(body: Envelope[MediationAgreed]) -> None:
+        d = body.data
+        await routing.apply_external(
+            d.case_id, body.id, lambda case, ctx: domain.mediation_agreed(case, d.mediation_id, d.level, ctx)
+        )
+
+    @rt.messaging.consume(s.mediation_event("failed"))
+    async def on_mediation_failed(body: Envelope[MediationFailed]) -> None:
+        d = body.data
+        await routing.apply_external(d.case_id, body.id, lambda case, ctx: domain.mediation_failed(case, d.level, ctx))
+
+    @rt.messaging.consume(s.dispatch_event("completed"))
+    async def on_dispatch_completed(body: Envelope[TaskCompleted]) -> None:
+        d = body.data
+        if d.case_id:
+            await routing.apply_external(
+                d.case_id, body.id, lambda case, ctx: domain.dispatch_completed(case, d.volunteer, ctx)
+            )
+
+    @rt.messaging.consume(s.dispatch_event("unfilled"))
+    async def on_dispatch_unfilled(body: Envelope[TaskUnfilled]) -> None:
+        d = body.data
+        if d.case_id:
+            await routing.apply_external(d.case_id, body.id, lambda case, ctx: domain.dispatch_unfilled(case, ctx))
+
+
+def _serve_command(rt: Runtime, routing: Routing, verb: str, model: type) -> None:
+    async def handle(body: Envelope[model]) -> dict[str, Any]:  # type: ignore[valid-type]
+        return await routing.command(verb, body)
+
+    handle.__name__ = f"case_{verb}"
+    handle.__annotations__ = {"body": Envelope[model], "return": dict[str, Any]}  # type: ignore[valid-type]
+    rt.messaging.serve(s.command("case", verb))(handle)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from shared.contract import case as ev
-from shared.contract.common import Category, Handling, Level, Priority, Role, Satisfaction, Scope
+from shared.contract.common import Category, Handling, Level, Priority, Satisfaction, Scope
 from shared.errors import DomainError
 from shared.policy import Policy
 
@@ -571,4 +571,3 @@ def workload_key(case: Case | None) -> str | None:
     return case.assignee if case is not None and case.state in ACTIVE else None
 
 
-__all__ = ["Case", "Ctx", "Role", "Workload", "command", "on_timer", "open_case", "timedelta"]

@@ -1,0 +1,1 @@
+"""gridcase performance harness (`make bench` → `python -m bench`); see bench/README.md."""

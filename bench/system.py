@@ -1,0 +1,437 @@
+"""Scenarios 1 (sustained throughput), 2 (latency report → assigned) and 6 (peak RSS per service).
+
+All three drive the launched system (five processes, `shared.launcher.Stack`) through the public
+contract only: reports on `gridcase.intake.report.v1`, the directory on
+`gridcase.cmd.directory.load.v1`, progress from `gridcase.cmd.stats.query.v1` totals (falling
+back to the count of `gridcase.case.assigned.v1` events when stats does not answer yet), and
+backlog from JetStream consumer info of intake's, routing's and stats' durables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+
+from shared.contract.subjects import DIRECTORY_LOAD, INTAKE_REPORT, SERVICES, STATS_QUERY, case_event
+from shared.launcher import Stack, StackConfig
+
+from .common import (
+    Options,
+    Pacer,
+    Row,
+    command,
+    consumer_backlog,
+    drop_databases,
+    durables_of,
+    error_row,
+    iso,
+    log,
+    not_available,
+    percentile,
+    reset_streams,
+    rss_mb,
+    slope,
+    subject_count,
+    utcnow,
+    wait_for,
+)
+from .workload import Workload
+
+DB_PREFIX = "benchsys"
+ASSIGNED = case_event("assigned")
+RECEIVED = case_event("received")
+S1, S2, S6 = "1 throughput", "2 latency", "6 memory"
+M1 = "sustained reports/s, report → stats counted received+assigned, no backlog growth"
+M2P50, M2P99 = "latency report → assigned, p50 @100/s", "latency report → assigned, p99 @100/s"
+
+
+@dataclass
+class Pipeline:
+    """What the running system does with a probe of a few reports."""
+
+    directory: str = "not tried"
+    intake: bool = False
+    routing: bool = False
+    stats: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stage(self) -> str:
+        if self.stats:
+            return "stats"
+        if self.routing:
+            return "assigned"
+        if self.intake:
+            return "received"
+        return "none"
+
+
+class System:
+    def __init__(self, stack: Stack, nc: Any, wl: Workload) -> None:
+        self.stack = stack
+        self.nc = nc
+        self.js = nc.jetstream(publish_async_max_pending=4000)
+        self.wl = wl
+        self.t_from = utcnow() - timedelta(days=2)
+        self.durables = durables_of("intake", "routing", "stats")
+        self.peak: dict[str, dict[str, float | None]] = {}
+
+    async def stats_totals(self) -> dict[str, Any] | None:
+        q = {"from": iso(self.t_from), "to": iso(utcnow() + timedelta(days=2)), "scope": {}, "group_by": []}
+        reply = await command(self.nc, STATS_QUERY, q, timeout=5)
+        if not reply.get("ok"):
+            return None
+        return reply.get("totals") or {}
+
+    async def completed(self, stage: str) -> int:
+        if stage == "stats":
+            t = await self.stats_totals() or {}
+            return min(int(t.get("received") or 0), int(t.get("assigned") or 0))
+        if stage == "assigned":
+            return await subject_count(self.js, "GRIDCASE_CASES", ASSIGNED)
+        if stage == "received":
+            return await subject_count(self.js, "GRIDCASE_CASES", RECEIVED)
+        return 0
+
+    async def backlog(self) -> int:
+        return sum((await consumer_backlog(self.js, self.durables)).values())
+
+    def sample_memory(self) -> None:
+        for name, child in self.stack.services.items():
+            if child.pid is None or not child.alive():
+                continue
+            m = rss_mb(child.pid)
+            cur = self.peak.setdefault(name, {"rss_mb": 0.0, "hwm_mb": 0.0})
+            for k in ("rss_mb", "hwm_mb"):
+                if m.get(k) is not None:
+                    cur[k] = max(cur[k] or 0.0, m[k] or 0.0)
+
+    async def probe(self) -> Pipeline:
+        p = Pipeline()
+        try:
+            reply = await command(self.nc, DIRECTORY_LOAD, self.wl.directory_json(), timeout=30)
+            p.directory = "loaded" if reply.get("ok") else f"refused: {json.dumps(reply.get('error'))[:200]}"
+        except nats.errors.NoRespondersError:
+            p.directory = "no responder (routing not serving directory.load yet)"
+        except nats.errors.TimeoutError:
+            p.directory = "timed out"
+        n = 20
+        for i in range(n):
+            eid, body = self.wl.report_envelope(i, prefix="probe")
+            await self.js.publish(INTAKE_REPORT, body, headers={"Nats-Msg-Id": eid})
+
+        async def stage_reached(subject: str) -> bool:
+            return await subject_count(self.js, "GRIDCASE_CASES", subject) >= n
+
+        p.intake = bool(await wait_for(lambda: stage_reached(RECEIVED), 30))
+        p.routing = bool(p.intake and await wait_for(lambda: stage_reached(ASSIGNED), 30))
+
+        async def stats_counted() -> bool:
+            t = await self.stats_totals()
+            return bool(t) and int(t.get("received") or 0) >= n and int(t.get("assigned") or 0) >= n
+
+        if p.routing:
+            p.stats = bool(await wait_for(stats_counted, 30))
+            if not p.stats:
+                try:
+                    p.notes.append(f"stats totals after probe: {await self.stats_totals()}")
+                except nats.errors.NoRespondersError:
+                    p.notes.append("stats does not serve gridcase.cmd.stats.query.v1 yet")
+                except Exception as exc:
+                    p.notes.append(f"stats query failed: {type(exc).__name__}")
+        return p
+
+    async def drain(self, timeout: float, below: int = 100) -> int:
+        deadline = time.monotonic() + timeout
+        b = await self.backlog()
+        while b > below and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            self.sample_memory()
+            b = await self.backlog()
+        return b
+
+
+# ---- scenario 1 --------------------------------------------------------------------------------
+async def _run_at(sys_: System, stage: str, rate: float, seconds: float, prefix: str, counter: list[int], interval: float) -> dict[str, Any]:
+    """Publish at `rate` for `seconds` while sampling completions, backlog and memory."""
+    pacer = Pacer(sys_.js, lambda i: (INTAKE_REPORT, *sys_.wl.report_envelope(counter[0] + i, prefix=prefix), ""))
+    samples: list[tuple[float, int, int]] = []
+    t0 = time.monotonic()
+    c_start = await sys_.completed(stage)
+    stop = asyncio.Event()
+
+    async def sampler() -> None:
+        while not stop.is_set():
+            try:
+                c, b = await sys_.completed(stage), await sys_.backlog()
+                samples.append((time.monotonic() - t0, c - c_start, b))
+            except Exception:
+                pass
+            sys_.sample_memory()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    task = asyncio.create_task(sampler())
+    achieved = await pacer.run(rate, seconds)
+    stop.set()
+    await task
+    counter[0] += pacer.sent
+    el = time.monotonic() - t0
+    half = [(t, c) for t, c, _ in samples if t >= el / 3]
+    done_rate = slope(half) if len(half) >= 3 else (samples[-1][1] / el if samples else 0.0)
+    back = [(t, b) for t, _, b in samples if t >= el / 2]
+    return {
+        "rate": rate,
+        "achieved_publish_rate": round(achieved, 1),
+        "published": pacer.sent,
+        "publish_failed": pacer.failed,
+        "completion_rate": round(done_rate, 1),
+        "backlog_slope": round(slope(back), 2),
+        "backlog_end": samples[-1][2] if samples else None,
+        "samples": [(round(t, 1), c, b) for t, c, b in samples],
+    }
+
+
+async def scenario_throughput(sys_: System, pipe: Pipeline, opts: Options, floor: float | None, profile_cb=None) -> Row:
+    stage = pipe.stage
+    if stage == "none":
+        return not_available(S1, M1, "intake publishes no case.received yet", target=1000, unit="reports/s")
+    probe_s, steady_s = opts.d(20, 8), opts.d(60, 20)
+    counter = [0]
+    probe_rate = min(4000.0, max(1500.0, 1.2 * (floor or 0)))
+    log(f"throughput: capacity probe at {probe_rate:.0f}/s for {probe_s:.0f}s (counting at stage {stage!r})")
+    pr = await _run_at(sys_, stage, probe_rate, probe_s, "tp", counter, 1.0)
+    cap = pr["completion_rate"]
+    log(f"throughput: capacity ≈ {cap:.0f}/s; draining")
+    await sys_.drain(opts.d(45, 20))
+    runs = [pr]
+    rate = max(20.0, round(0.9 * cap, -1)) if cap > 0 else 0
+    if rate <= 0:
+        return Row(S1, M1, 0.0, "reports/s", 1000, status="ok", note=f"nothing completed at stage {stage}", details={"probe": pr})
+    sustained = False
+    res: dict[str, Any] = {}
+    for attempt in range(1 if opts.quick else 2):
+        log(f"throughput: steady run at {rate:.0f}/s for {steady_s:.0f}s")
+        if profile_cb and attempt == 0:
+            profile_cb(min(30.0, steady_s))
+        res = await _run_at(sys_, stage, rate, steady_s, f"ts{attempt}", counter, 2.0)
+        runs.append(res)
+        sustained = res["backlog_slope"] <= 0.02 * rate + 2 and res["completion_rate"] >= 0.95 * rate
+        log(f"throughput: completion {res['completion_rate']:.0f}/s, backlog slope {res['backlog_slope']:+.1f}/s → {'sustained' if sustained else 'backlog grows'}")
+        if sustained:
+            break
+        await sys_.drain(opts.d(45, 20))
+        rate = max(20.0, round(0.7 * rate, -1))
+    figure = rate if sustained else res["completion_rate"]
+    where = {"stats": "counted by stats", "assigned": "to case.assigned (stats not counting yet)", "received": "to case.received only (routing not assigning yet)"}[stage]
+    note = f"{steady_s:.0f}s at {res['rate']:.0f}/s, {where}; " + (
+        "no backlog growth" if sustained else f"backlog grew {res['backlog_slope']:+.0f}/s: figure is the completion rate"
+    )
+    return Row(
+        S1,
+        M1,
+        round(figure, 1),
+        "reports/s",
+        1000,
+        ratio_to_floor=round(figure / floor, 3) if floor else None,
+        status="ok" if stage == "stats" else "partial",
+        note=note,
+        details={"stage": stage, "capacity_probe": cap, "runs": runs, "sustained": sustained},
+    )
+
+
+def floor_ratio_row(tp: Row, floor: float | None) -> Row:
+    ratio = tp.ratio_to_floor
+    return Row(
+        S1,
+        "throughput ÷ floor",
+        ratio,
+        "",
+        0.5,
+        ratio_to_floor=ratio,
+        status=tp.status if ratio is not None else "not available",
+        note="" if ratio is not None else "needs the floor and a throughput figure",
+    )
+
+
+# ---- scenario 2 --------------------------------------------------------------------------------
+async def scenario_latency(sys_: System, pipe: Pipeline, opts: Options) -> list[Row]:
+    if not pipe.routing:
+        why = "routing publishes no case.assigned yet" if pipe.intake else "intake publishes no case.received yet"
+        return [not_available(S2, M2P50, why, op="<=", unit="ms"), not_available(S2, M2P99, why, target=100, op="<=", unit="ms")]
+    left = await sys_.drain(opts.d(90, 30), below=10)
+    seconds = opts.d(20, 10)
+    prefix = "lat"
+    by_ext: dict[str, str] = {}
+    recv_at: dict[str, float] = {}
+    asg_at: dict[str, float] = {}
+
+    async def on_received(msg: Any) -> None:
+        d = json.loads(msg.data).get("data", {})
+        ext = d.get("external_id", "")
+        if ext.startswith(f"bench-{prefix}-"):
+            by_ext[d["case_id"]] = ext
+            recv_at.setdefault(ext, time.time())
+
+    async def on_assigned(msg: Any) -> None:
+        d = json.loads(msg.data).get("data", {})
+        asg_at.setdefault(d.get("case_id", ""), time.time())
+
+    subs = [
+        await sys_.nc.subscribe(RECEIVED, cb=on_received, pending_msgs_limit=100_000),
+        await sys_.nc.subscribe(ASSIGNED, cb=on_assigned, pending_msgs_limit=100_000),
+    ]
+    pacer = Pacer(sys_.js, lambda i: (INTAKE_REPORT, *_with_key(sys_.wl.report_envelope(i, prefix=prefix), sys_.wl.external_id(i, prefix))))
+    try:
+        log(f"latency: 100 reports/s for {seconds:.0f}s (backlog before: {left})")
+        await pacer.run(100, seconds, track=True)
+        await wait_for(lambda: _all_assigned(by_ext, asg_at, pacer.sent), 15)
+    finally:
+        for s in subs:
+            await s.unsubscribe()
+    lat, lat_recv = [], []
+    for case_id, ext in by_ext.items():
+        sent = pacer.sent_at.get(ext)
+        if sent is None:
+            continue
+        if ext in recv_at:
+            lat_recv.append((recv_at[ext] - sent) * 1000)
+        if case_id in asg_at:
+            lat.append((asg_at[case_id] - sent) * 1000)
+    missing = pacer.sent - len(lat)
+    det = {
+        "published": pacer.sent,
+        "assigned_seen": len(lat),
+        "missing": missing,
+        "received_p50_ms": percentile(lat_recv, 50),
+        "received_p99_ms": percentile(lat_recv, 99),
+        "max_ms": max(lat) if lat else None,
+        "backlog_before": left,
+    }
+    note = f"{len(lat)}/{pacer.sent} assigned seen" + (f"; {missing} not assigned within 15 s" if missing else "")
+    note += f"; publish→received p99 {det['received_p99_ms'] or 0:.0f} ms"
+    return [
+        Row(S2, M2P50, _r(percentile(lat, 50)), "ms", None, "<=", note=note, details=det),
+        Row(S2, M2P99, _r(percentile(lat, 99)), "ms", 100, "<=", note=note, status="ok" if lat else "error"),
+    ]
+
+
+def _with_key(pair: tuple[str, bytes], key: str) -> tuple[str, bytes, str]:
+    return pair[0], pair[1], key
+
+
+async def _all_assigned(by_ext: dict[str, str], asg_at: dict[str, float], n: int) -> bool:
+    return sum(1 for c in by_ext if c in asg_at) >= n
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+# ---- scenario 6 --------------------------------------------------------------------------------
+def memory_rows(sys_: System, ran_load: bool) -> list[Row]:
+    sys_.sample_memory()
+    rows = []
+    for name in SERVICES:
+        m = sys_.peak.get(name)
+        if not m:
+            rows.append(not_available(S6, f"peak RSS {name}", "process not running", target=200, op="<=", unit="MB"))
+            continue
+        peak = max(m.get("hwm_mb") or 0, m.get("rss_mb") or 0)
+        rows.append(
+            Row(
+                S6,
+                f"peak RSS {name}",
+                round(peak, 1),
+                "MB",
+                200,
+                "<=",
+                note="VmHWM over scenarios 1–2" if ran_load else "idle (scenario 1 did not run)",
+                details=m,
+            )
+        )
+    return rows
+
+
+# ---- the group ---------------------------------------------------------------------------------
+async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: float | None, workdir: Path, want: set[str]) -> list[Row]:
+    from .profile import start_profile
+
+    await reset_streams(nats_url)
+    await drop_databases(mongodb_url, DB_PREFIX)
+    from .common import free_port_offset
+
+    cfg = StackConfig(
+        data=workdir / "stack-system",
+        nats_url=nats_url,
+        mongodb_url=mongodb_url,
+        port_offset=free_port_offset(),
+        database_prefix=DB_PREFIX,
+        extra_env={"GRIDCASE_LOG_LEVEL": "WARNING"},
+    )
+    stack = Stack(cfg)
+    rows: list[Row] = []
+    nc = None
+    profiles: list[Any] = []
+    try:
+        await asyncio.to_thread(stack.start_infrastructure)
+        try:
+            await asyncio.to_thread(stack.start_services, 90)
+        except Exception as exc:
+            why = f"services did not start: {exc}"[:300]
+            out = []
+            if "throughput" in want:
+                out.append(not_available(S1, M1, why, target=1000, unit="reports/s"))
+            if "latency" in want:
+                out.append(not_available(S2, M2P99, why, target=100, op="<=", unit="ms"))
+            if "memory" in want:
+                out.append(not_available(S6, "peak RSS", why, target=200, op="<=", unit="MB"))
+            return out
+        nc = await nats.connect(stack.nats_url)
+        wl = Workload.default()
+        sys_ = System(stack, nc, wl)
+        log(f"system: services up (HTTP offset {cfg.port_offset}); probing the pipeline")
+        pipe = await sys_.probe()
+        log(f"system: directory {pipe.directory}; stages intake={pipe.intake} routing={pipe.routing} stats={pipe.stats} {' '.join(pipe.notes)}")
+
+        def profile_cb(seconds: float) -> None:
+            for svc in opts.profile:
+                child = stack.services.get(svc)
+                if child and child.pid:
+                    profiles.append(start_profile(child.pid, svc, seconds))
+
+        ran_load = False
+        if "throughput" in want:
+            try:
+                tp = await scenario_throughput(sys_, pipe, opts, floor, profile_cb if opts.profile else None)
+                tp.details["pipeline"] = pipe.__dict__
+                rows += [tp, floor_ratio_row(tp, floor)]
+                ran_load = tp.figure is not None
+            except Exception as exc:
+                rows.append(error_row(S1, M1, exc, target=1000, unit="reports/s"))
+        if "memory" in want:
+            rows += memory_rows(sys_, ran_load)
+        if "latency" in want:
+            try:
+                rows += await scenario_latency(sys_, pipe, opts)
+            except Exception as exc:
+                rows.append(error_row(S2, M2P99, exc, target=100, op="<=", unit="ms"))
+        for p in profiles:
+            path = await asyncio.to_thread(p.wait)
+            log(f"profile written: {path}")
+        return rows
+    finally:
+        if nc:
+            await nc.close()
+        await asyncio.to_thread(stack.stop)
+        with contextlib.suppress(Exception):
+            await drop_databases(mongodb_url, DB_PREFIX)

@@ -1,0 +1,296 @@
+"""Intake's handling: one code path for reports arriving on JetStream and by `submit`.
+
+`Intake.take(raw, subject)` decodes and validates the raw bytes itself (an invalid report is
+answered, announced, quarantined and acked — never dead-lettered), then hands valid reports
+to a `Coalescer`: the reports of one fetch become one `insert_many` plus one outbox document
+in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import Binary
+from prometheus_client import Counter, Histogram
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from ulid import ULID
+
+from shared.app import Runtime
+from shared.batching import Coalescer
+from shared.contract import subjects as s
+from shared.contract.case import CaseAssigned, CaseClosed
+from shared.contract.directory import DirectoryChanged
+from shared.contract.intake import Contact, ContactReply, ContactRequest, Report, ReportRejected
+from shared.errors import DomainError
+from shared.logs import log
+
+from . import domain
+from .privacy import Privacy
+from .store import IntakeStore
+
+logger = logging.getLogger("gridcase.intake")
+
+MAX_ATTEMPTS = 6
+
+
+@dataclass
+class Pending:
+    report: Report
+    envelope_id: str | None
+    key: str
+
+
+@dataclass
+class Outcome:
+    status: str  # accepted | duplicate | rejected
+    case_id: str | None = None
+    new: bool = False
+    quarantine_id: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+    def reply(self) -> dict[str, Any]:
+        if self.status == "rejected":
+            return {
+                "ok": False,
+                "error": {
+                    "code": "invalid",
+                    "message": "invalid report (kept in quarantine)",
+                    "details": self.errors or [],
+                    "quarantine_id": self.quarantine_id,
+                },
+            }
+        return {"ok": True, "status": self.status, "case_id": self.case_id}
+
+
+class Metrics:
+    def __init__(self, rt: Runtime) -> None:
+        r = rt.registry
+        self.received = Counter("gridcase_intake_reports_received", "Reports received", ["channel"], registry=r)
+        self.accepted = Counter("gridcase_intake_reports_accepted", "Reports that opened a case", ["channel"], registry=r)
+        self.duplicates = Counter(
+            "gridcase_intake_reports_duplicate", "Repeated reports answered with their case", ["channel"], registry=r
+        )
+        self.rejected = Counter("gridcase_intake_reports_rejected", "Reports refused and quarantined", ["reason"], registry=r)
+        self.linked = Counter("gridcase_intake_reports_linked", "New cases linked to an open case", ["channel"], registry=r)
+        self.contact = Counter("gridcase_intake_contact_lookups", "Contact look-ups", ["outcome"], registry=r)
+        self.flush = Histogram(
+            "gridcase_intake_flush_reports",
+            "Reports per batched write",
+            buckets=(1, 4, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+
+
+class Intake:
+    def __init__(self, rt: Runtime, store: IntakeStore, privacy: Privacy) -> None:
+        self.rt = rt
+        self.store = store
+        self.privacy = privacy
+        self.metrics = Metrics(rt)
+        self.directory = domain.DirectoryView()
+        batch = max(rt.settings.fetch_batch, 1)
+        self.coalescer: Coalescer[Pending, Outcome] = Coalescer(self._flush, max_batch=max(batch, 128), max_delay=0.005)
+
+    # ---- reports ---------------------------------------------------------------------------
+    async def take(self, raw: bytes, subject: str) -> Outcome:
+        """The one code path for both subjects."""
+        parsed = domain.parse_report(raw, subject)
+        self.metrics.received.labels(parsed.channel or "unknown").inc()
+        if not parsed.ok:
+            return await self._reject(raw, subject, parsed)
+        report = parsed.report
+        assert report is not None
+        key = domain.report_key(report.channel.value, report.external_id)
+        outcome = await self.coalescer.submit(Pending(report, parsed.envelope_id, key))
+        channel = report.channel.value
+        if outcome.new:
+            self.metrics.accepted.labels(channel).inc()
+        elif outcome.status == "duplicate":
+            self.metrics.duplicates.labels(channel).inc()
+        return outcome
+
+    async def _reject(self, raw: bytes, subject: str, parsed: domain.Parsed) -> Outcome:
+        qid = domain.quarantine_id(raw)
+        errors = [e.model_dump() for e in parsed.errors]
+        now = datetime.now(UTC)
+        doc = {
+            "_id": qid,
+            "at": now,
+            "subject": subject,
+            "reason": parsed.reason,
+            "envelope_id": parsed.envelope_id,
+            "channel": parsed.channel,
+            "external_id": parsed.external_id,
+            "errors": errors,
+            "raw": Binary(self.privacy.seal_bytes(raw)),  # the raw report holds personal data: encrypted
+        }
+        notice = ReportRejected(
+            channel=parsed.channel, external_id=parsed.external_id, errors=parsed.errors, quarantine_id=qid, at=now
+        )
+        try:
+            async with self.rt.outbox.unit_of_work() as uow:
+                await self.store.put_quarantine(doc, uow.session)
+                uow.emit(self.rt.event(s.INTAKE_REJECTED, notice))
+        except DuplicateKeyError:
+            pass  # these very bytes were quarantined and announced already
+        else:
+            self.metrics.rejected.labels(parsed.reason or "invalid").inc()
+        return Outcome("rejected", quarantine_id=qid, errors=errors)
+
+    async def _flush(self, items: Sequence[Pending]) -> list[Outcome]:
+        """One batch: repeats answered from the store, new reports inserted with their events."""
+        self.metrics.flush.observe(len(items))
+        first: dict[str, int] = {}
+        for i, item in enumerate(items):
+            first.setdefault(item.key, i)
+        known: dict[str, dict[str, Any]] = {}
+        created: dict[str, dict[str, Any]] = {}
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            fresh = [items[i] for i in first.values() if items[i].key not in known]
+            try:
+                created = await self._insert(fresh)
+                break
+            except (BulkWriteError, DuplicateKeyError):
+                # another replica (or an earlier delivery) stored some of these: read them back
+                known.update(await self.store.existing([items[i].key for i in first.values()]))
+            except PyMongoError as exc:
+                if not exc.has_error_label("TransientTransactionError") or attempt == MAX_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.01 * attempt)
+        else:
+            raise RuntimeError("report batch kept conflicting")
+        results = []
+        for i, item in enumerate(items):
+            if item.key in created and first[item.key] == i:
+                results.append(Outcome("accepted", created[item.key]["case_id"], new=True))
+                continue
+            stored = created.get(item.key) or known[item.key]
+            same = item.envelope_id is not None and item.envelope_id == stored.get("envelope_id")
+            # the same envelope again (a retry of the same command) answers as the first time
+            results.append(Outcome("accepted" if same else "duplicate", stored["case_id"]))
+        return results
+
+    async def _insert(self, fresh: Sequence[Pending]) -> dict[str, dict[str, Any]]:
+        if not fresh:
+            return {}
+        now = datetime.now(UTC)
+        link_keys = {item.key: domain.link_key(item.report) for item in fresh}
+        open_cases = await self.store.open_cases(
+            [k for k in link_keys.values() if k], now - domain.LINK_WINDOW
+        )
+        docs: list[dict[str, Any]] = []
+        events = []
+        out: dict[str, dict[str, Any]] = {}
+        directory = self.directory
+        for item in fresh:
+            report = item.report
+            case_id = domain.new_case_id()
+            lk = link_keys[item.key]
+            dup = domain.duplicate_of(open_cases.get(lk, ()), now) if lk else None
+            if lk:  # later reports of this batch link to this one when nothing older is open
+                open_cases.setdefault(lk, []).append(domain.OpenCase(case_id, now))
+            scope = domain.scope_of(report, directory)
+            contact = domain.contact_of(report)
+            event = domain.case_received(report, case_id=case_id, at=now, scope=scope, duplicate_of=dup)
+            doc = {
+                "_id": item.key,
+                "case_id": case_id,
+                "envelope_id": item.envelope_id,
+                "channel": report.channel.value,
+                "external_id": report.external_id,
+                "category": report.category.value,
+                "priority": report.priority.value,
+                "reported_at": report.reported_at,
+                "received_at": now,
+                "link_key": lk,
+                "open": True,
+                "duplicate_of": dup,
+                "district": scope.district,
+                "community": scope.community,
+                "grid": scope.grid,
+                "assignee": None,
+                "assigned_version": 0,
+                "contact": self.privacy.seal(contact),
+                "phone_hashes": [self.privacy.match_hash(p) for p in domain.phones_of(contact)],
+            }
+            docs.append(doc)
+            events.append(self.rt.event(s.case_event("received"), event, subject=case_id))
+            out[item.key] = doc
+        async with self.rt.outbox.unit_of_work() as uow:
+            await self.store.insert_reports(docs, uow.session)
+            uow.emit(*events)
+        for doc in docs:
+            if doc["duplicate_of"]:
+                self.metrics.linked.labels(doc["channel"]).inc()
+        return out
+
+    # ---- what intake learns from other services --------------------------------------------
+    async def on_assigned(self, data: CaseAssigned) -> None:
+        await self.store.assign(data.case_id, data.version, data.assignee, data.scope.model_dump())
+
+    async def on_closed(self, data: CaseClosed) -> None:
+        await self.store.close(data.case_id, data.version)
+
+    async def on_directory(self, data: DirectoryChanged) -> None:
+        view = domain.DirectoryView.from_changed(data)
+        await self.store.save_directory(view)
+        if view.version >= self.directory.version:
+            self.directory = view
+
+    async def refresh_directory(self) -> None:
+        """Replicas share one durable: each learns the directory from the store."""
+        view = await self.store.load_directory()
+        if view.version >= self.directory.version:
+            self.directory = view
+
+    async def refresh_forever(self, interval: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh_directory()
+            except Exception as exc:
+                log(logger, logging.WARNING, "directory refresh failed", error=type(exc).__name__)
+
+    # ---- contact look-up -------------------------------------------------------------------
+    async def contact(self, request: ContactRequest, command_id: str) -> dict[str, Any]:
+        doc = await self.store.by_case(request.case_id)
+        directory = await self.store.load_directory()
+        community = doc.get("community") if doc else None
+        decision = domain.may_see_contact(
+            case_known=doc is not None,
+            assignee=doc.get("assignee") if doc else None,
+            community=community,
+            requested_by=request.requested_by,
+            directors=directory.directors.get(community, frozenset()) if community else frozenset(),
+        )
+        first_time = await self.store.record_audit(
+            {
+                "_id": command_id,
+                "audit_id": str(ULID()),
+                "at": datetime.now(UTC),
+                "case_id": request.case_id,
+                "requested_by": request.requested_by,
+                "purpose": request.purpose,
+                "granted": decision.granted,
+                "reason": decision.reason,
+            }
+        )
+        if first_time:
+            self.metrics.contact.labels("granted" if decision.granted else "refused").inc()
+            log(logger, logging.INFO, "contact look-up", case_id=request.case_id, by=request.requested_by,
+                granted=decision.granted, reason=decision.reason)
+        if not decision.granted:
+            raise DomainError("not_allowed", "only the case's assignee or its community director may see the contact")
+        assert doc is not None
+        contact = self.privacy.open(doc["contact"])
+        reply = ContactReply(
+            case_id=request.case_id,
+            reporter=Contact(**contact["reporter"]),
+            parties=contact["parties"],
+        )
+        return reply.model_dump(mode="json")

@@ -1,0 +1,115 @@
+"""Intake's own database: reports (one per idempotency key), quarantine, contact audit, directory.
+
+`reports._id` is `<channel>:<external_id>`, so MongoDB's unique `_id` makes one case per key
+even with replicas racing. Two secondary indexes only (the hot path is `insert_many`):
+`case_id` (assignment, closure, contact look-up) and `(link_key, received_at)` (linking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.db import Indexes
+
+from .domain import DirectoryView, OpenCase
+
+REPORTS = "reports"
+QUARANTINE = "quarantine"
+AUDIT = "contact_audit"
+DIRECTORY = "directory"
+DIRECTORY_ID = "current"
+
+
+class IntakeStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.db = db
+        self.reports = db[REPORTS]
+        self.quarantine = db[QUARANTINE]
+        self.audit = db[AUDIT]
+        self.directory = db[DIRECTORY]
+
+    @staticmethod
+    def declare(indexes: Indexes) -> None:
+        indexes.add(
+            REPORTS,
+            IndexModel([("case_id", ASCENDING)], unique=True, name="case_id"),
+            IndexModel([("link_key", ASCENDING), ("received_at", ASCENDING)], name="link"),
+        )
+
+    # ---- reports --------------------------------------------------------------------------
+    async def existing(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Report key → `{case_id, envelope_id}` for the keys already stored."""
+        if not keys:
+            return {}
+        cursor = self.reports.find({"_id": {"$in": list(keys)}}, {"case_id": 1, "envelope_id": 1})
+        return {d["_id"]: d async for d in cursor}
+
+    async def open_cases(self, link_keys: Iterable[str], since: datetime) -> dict[str, list[OpenCase]]:
+        keys = sorted(set(link_keys))
+        if not keys:
+            return {}
+        cursor = self.reports.find(
+            {"link_key": {"$in": keys}, "received_at": {"$gte": since}, "open": True},
+            {"link_key": 1, "case_id": 1, "received_at": 1},
+        )
+        out: dict[str, list[OpenCase]] = {}
+        async for d in cursor:
+            out.setdefault(d["link_key"], []).append(OpenCase(d["case_id"], d["received_at"]))
+        return out
+
+    async def insert_reports(self, docs: Sequence[dict[str, Any]], session: AsyncClientSession) -> None:
+        await self.reports.insert_many(list(docs), ordered=False, session=session)
+
+    async def by_case(self, case_id: str) -> dict[str, Any] | None:
+        return await self.reports.find_one({"case_id": case_id})
+
+    async def assign(self, case_id: str, version: int, assignee: str | None, scope: dict[str, Any]) -> bool:
+        """Keep the newest assignment only (events may arrive out of order or twice)."""
+        update: dict[str, Any] = {"assignee": assignee, "assigned_version": version}
+        for part in ("district", "community", "grid"):
+            if scope.get(part):
+                update[part] = scope[part]
+        result = await self.reports.update_one(
+            {"case_id": case_id, "assigned_version": {"$lt": version}}, {"$set": update}
+        )
+        return result.matched_count == 1
+
+    async def close(self, case_id: str, version: int) -> None:
+        await self.reports.update_one({"case_id": case_id, "open": True}, {"$set": {"open": False, "closed_version": version}})
+
+    # ---- quarantine ------------------------------------------------------------------------
+    async def put_quarantine(self, doc: dict[str, Any], session: AsyncClientSession) -> None:
+        await self.quarantine.insert_one(doc, session=session)
+
+    async def get_quarantine(self, qid: str) -> dict[str, Any] | None:
+        return await self.quarantine.find_one({"_id": qid})
+
+    # ---- contact audit ---------------------------------------------------------------------
+    async def record_audit(self, entry: dict[str, Any]) -> bool:
+        """False when this request (same command id) was audited already."""
+        try:
+            await self.audit.insert_one(entry)
+            return True
+        except DuplicateKeyError:
+            return False
+
+    # ---- directory -------------------------------------------------------------------------
+    async def save_directory(self, view: DirectoryView) -> None:
+        """Newest version wins; an older or repeated announcement changes nothing."""
+        doc = {"_id": DIRECTORY_ID, **view.to_doc()}
+        result = await self.directory.replace_one({"_id": DIRECTORY_ID, "version": {"$lt": view.version}}, doc)
+        if result.matched_count == 0:
+            try:
+                await self.directory.insert_one(doc)
+            except DuplicateKeyError:
+                pass  # a newer (or the same) version is stored
+
+    async def load_directory(self) -> DirectoryView:
+        return DirectoryView.from_doc(await self.directory.find_one({"_id": DIRECTORY_ID}))

@@ -1,0 +1,89 @@
+"""Routing's MongoDB persistence: cases (one document per case, version-guarded) and the directory.
+
+Hot paths use `_id` lookups, `insert_many` and `bulk_write` of `ReplaceOne({_id, rev})`;
+`rev` is the document revision every write checks and bumps, so two writers of one case
+cannot both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from pymongo import ASCENDING, ReplaceOne
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.operations import IndexModel
+
+from shared.contract.directory import Directory
+from shared.db import Indexes
+from shared.timers import WAKE_INDEX
+
+from .domain import ACTIVE, Case
+
+CASES = "cases"
+DIRECTORY = "directory"
+CURRENT = "current"
+
+
+class Store:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.db = db
+        self.cases = db[CASES]
+        self.directory = db[DIRECTORY]
+
+    @staticmethod
+    def declare(indexes: Indexes) -> None:
+        indexes.add(CASES, WAKE_INDEX, IndexModel([("state", ASCENDING)]))
+
+    # ---- cases ------------------------------------------------------------------------
+    async def get(self, case_id: str) -> Case | None:
+        doc = await self.cases.find_one({"_id": case_id})
+        return Case.from_doc(doc) if doc else None
+
+    async def insert(self, cases: Sequence[Case], session: AsyncClientSession) -> None:
+        docs = [c.to_doc() for c in cases]
+        if len(docs) == 1:
+            await self.cases.insert_one(docs[0], session=session)
+        elif docs:
+            await self.cases.insert_many(docs, ordered=True, session=session)
+
+    async def replace(self, case: Case, old_rev: int, session: AsyncClientSession) -> bool:
+        res = await self.cases.replace_one({"_id": case.id, "rev": old_rev}, case.to_doc(), session=session)
+        return res.matched_count == 1
+
+    async def replace_many(self, pairs: Sequence[tuple[Case, int]], session: AsyncClientSession) -> bool:
+        """All or nothing from the caller's view: False if any case moved on meanwhile."""
+        if not pairs:
+            return True
+        ops = [ReplaceOne({"_id": c.id, "rev": rev}, c.to_doc()) for c, rev in pairs]
+        res = await self.cases.bulk_write(ops, ordered=False, session=session)
+        return res.matched_count == len(pairs)
+
+    async def active_cases(self) -> AsyncIterator[dict[str, Any]]:
+        """Open cases (for the in-memory workload and gauges at start), a few fields each."""
+        projection = {"state": 1, "assignee": 1, "level": 1, "scope": 1, "overdue": 1}
+        for state in ACTIVE:
+            async for doc in self.cases.find({"state": state}, projection):
+                yield doc
+
+    # ---- directory ----------------------------------------------------------------------
+    async def load_directory(self) -> tuple[Directory | None, int]:
+        doc = await self.directory.find_one({"_id": CURRENT})
+        if not doc:
+            return None, 0
+        return Directory.model_validate(doc["directory"]), int(doc["version"])
+
+    async def directory_version(self) -> int:
+        doc = await self.directory.find_one({"_id": CURRENT}, {"version": 1})
+        return int(doc["version"]) if doc else 0
+
+    async def save_directory(
+        self, directory: Directory, version: int, old_version: int, session: AsyncClientSession
+    ) -> bool:
+        doc = {"_id": CURRENT, "version": version, "directory": directory.model_dump(mode="json")}
+        if old_version == 0:
+            await self.directory.insert_one(doc, session=session)
+            return True
+        res = await self.directory.replace_one({"_id": CURRENT, "version": old_version}, doc, session=session)
+        return res.matched_count == 1

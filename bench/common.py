@@ -145,6 +145,7 @@ def machine() -> dict[str, Any]:
         "memory_gb": mem,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 

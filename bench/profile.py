@@ -113,7 +113,15 @@ async def _drive(service: str, seconds: float, rate: float, tool: str) -> Path:
     from shared.embedded import Child
     from shared.launcher import Stack, StackConfig
 
-    from .common import Infra, Options, Pacer, command, free_port_offset, make_workdir, remove_workdir
+    from .common import (
+        Infra,
+        Options,
+        Pacer,
+        command,
+        free_port_offset,
+        make_workdir,
+        remove_workdir,
+    )
     from .workload import Workload
 
     opts = Options()

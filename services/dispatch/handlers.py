@@ -108,14 +108,7 @@ class Dispatch:
     # ---- start ----
     async def load(self) -> None:
         states = await self.store.load_registry(now_utc())
-        fresh = Registry()
-        for st in states:
-            fresh.upsert(st)
-        self.registry.by_id, self.registry._community, self.registry._skill = (
-            fresh.by_id,
-            fresh._community,
-            fresh._skill,
-        )
+        self.registry.reset(states)
         log(logger, logging.INFO, "volunteer registry loaded", volunteers=len(states))
 
     async def refresh_forever(self, interval: float = 60.0) -> None:

@@ -17,6 +17,8 @@ from .handlers import Intake
 from .privacy import Privacy
 from .store import IntakeStore
 
+SUBMIT_WORKERS = 256
+
 
 def register(rt: Runtime) -> None:
     store = IntakeStore(rt.db)
@@ -30,7 +32,10 @@ def register(rt: Runtime) -> None:
     async def on_report(msg: NatsMessage) -> None:
         await intake.take(msg.body, s.INTAKE_REPORT)
 
-    @rt.messaging.serve(s.INTAKE_SUBMIT, description="Submit a report; answers accepted/duplicate + case_id")
+    # max_workers: concurrent submits share batched writes (core subscriptions are sequential by default)
+    @rt.messaging.serve(
+        s.INTAKE_SUBMIT, max_workers=SUBMIT_WORKERS, description="Submit a report; answers accepted/duplicate + case_id"
+    )
     async def on_submit(msg: NatsMessage) -> dict[str, Any]:
         return (await intake.take(msg.body, s.INTAKE_SUBMIT)).reply()
 

@@ -40,9 +40,11 @@ def report_key(channel: str, external_id: str) -> str:
     return f"{channel}:{external_id}"
 
 
-def quarantine_id(raw: bytes) -> str:
-    """The same bytes (same envelope id included) are quarantined once, however often they arrive."""
-    return "Q-" + hashlib.sha256(raw).hexdigest()[:32].upper()
+def quarantine_id(raw: bytes, envelope_id: str | None = None, subject: str = "") -> str:
+    """One quarantine record per envelope id (per the raw bytes when no id is readable),
+    however often it arrives: a retried command gets the same answer."""
+    basis = f"{subject}\n{envelope_id}".encode() if envelope_id else raw
+    return "Q-" + hashlib.sha256(basis).hexdigest()[:32].upper()
 
 
 # ---- normalisation ----------------------------------------------------------------------
@@ -122,10 +124,13 @@ def parse_report(raw: bytes, subject: str) -> Parsed:
     if not isinstance(doc, dict):
         return Parsed(reason="undecodable", errors=[FieldError(path="(body)", message="not a JSON object")])
     channel, external = _readable(doc.get("data"))
+    readable_id = doc.get("id") if isinstance(doc.get("id"), str) and 0 < len(doc["id"]) <= 128 else None
     try:
         envelope = RawEvent.model_validate(doc)
     except ValidationError as exc:
-        return Parsed(reason="envelope", errors=_errors(exc), channel=channel, external_id=external)
+        return Parsed(
+            reason="envelope", errors=_errors(exc), envelope_id=readable_id, channel=channel, external_id=external
+        )
     if envelope.type != subject:
         return Parsed(
             reason="envelope",

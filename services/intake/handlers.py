@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +36,17 @@ from .store import IntakeStore
 
 logger = logging.getLogger("gridcase.intake")
 
-MAX_ATTEMPTS = 6
+MAX_ATTEMPTS = 8
+WRITE_CONFLICT = 112
+
+
+def transient(exc: PyMongoError) -> bool:
+    """A transaction that lost a race (write conflict): run it again."""
+    return exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) == WRITE_CONFLICT
+
+
+async def backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0.002, 0.01) * attempt)
 
 
 @dataclass
@@ -86,6 +97,37 @@ class Metrics:
         )
 
 
+class GroupCommit(Coalescer[Pending, Outcome]):
+    """A `Coalescer` with at most `inflight` flushes running: whatever arrives meanwhile waits and
+    goes in the next flush (group commit), so a busy intake writes fewer, larger batches instead
+    of many small concurrent transactions."""
+
+    def __init__(self, flush: Any, *, max_batch: int, max_delay: float, inflight: int = 2) -> None:
+        super().__init__(flush, max_batch=max_batch, max_delay=max_delay)
+        self.inflight = inflight
+        self._running = 0
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._running >= self.inflight or not self._pending:
+            return  # picked up when a running flush ends
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        self._running += 1
+        task = asyncio.get_running_loop().create_task(self._run_then_next(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_then_next(self, batch: list[tuple[Pending, asyncio.Future[Outcome]]]) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            self._running -= 1
+            if self._pending:
+                self._start_flush()
+
+
 class Intake:
     def __init__(self, rt: Runtime, store: IntakeStore, privacy: Privacy) -> None:
         self.rt = rt
@@ -93,8 +135,7 @@ class Intake:
         self.privacy = privacy
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
-        batch = max(rt.settings.fetch_batch, 1)
-        self.coalescer: Coalescer[Pending, Outcome] = Coalescer(self._flush, max_batch=max(batch, 128), max_delay=0.005)
+        self.coalescer = GroupCommit(self._flush, max_batch=max(rt.settings.fetch_batch, 256), max_delay=0.003)
 
     # ---- reports ---------------------------------------------------------------------------
     async def take(self, raw: bytes, subject: str) -> Outcome:
@@ -115,7 +156,7 @@ class Intake:
         return outcome
 
     async def _reject(self, raw: bytes, subject: str, parsed: domain.Parsed) -> Outcome:
-        qid = domain.quarantine_id(raw)
+        qid = domain.quarantine_id(raw, parsed.envelope_id, subject)
         errors = [e.model_dump() for e in parsed.errors]
         now = datetime.now(UTC)
         doc = {
@@ -132,14 +173,20 @@ class Intake:
         notice = ReportRejected(
             channel=parsed.channel, external_id=parsed.external_id, errors=parsed.errors, quarantine_id=qid, at=now
         )
-        try:
-            async with self.rt.outbox.unit_of_work() as uow:
-                await self.store.put_quarantine(doc, uow.session)
-                uow.emit(self.rt.event(s.INTAKE_REJECTED, notice))
-        except DuplicateKeyError:
-            pass  # these very bytes were quarantined and announced already
-        else:
-            self.metrics.rejected.labels(parsed.reason or "invalid").inc()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self.rt.outbox.unit_of_work() as uow:
+                    await self.store.put_quarantine(doc, uow.session)
+                    uow.emit(self.rt.event(s.INTAKE_REJECTED, notice))
+            except DuplicateKeyError:
+                break  # this very envelope was quarantined and announced already
+            except PyMongoError as exc:
+                if not transient(exc) or attempt == MAX_ATTEMPTS:
+                    raise
+                await backoff(attempt)
+            else:
+                self.metrics.rejected.labels(parsed.reason or "invalid").inc()
+                break
         return Outcome("rejected", quarantine_id=qid, errors=errors)
 
     async def _flush(self, items: Sequence[Pending]) -> list[Outcome]:
@@ -159,9 +206,9 @@ class Intake:
                 # another replica (or an earlier delivery) stored some of these: read them back
                 known.update(await self.store.existing([items[i].key for i in first.values()]))
             except PyMongoError as exc:
-                if not exc.has_error_label("TransientTransactionError") or attempt == MAX_ATTEMPTS:
+                if not transient(exc) or attempt == MAX_ATTEMPTS:
                     raise
-                await asyncio.sleep(0.01 * attempt)
+                await backoff(attempt)
         else:
             raise RuntimeError("report batch kept conflicting")
         results = []

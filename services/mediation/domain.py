@@ -209,7 +209,7 @@ class Dossier(BaseModel):
     def _require_open(self, verb: str) -> None:
         if self.state != State.open:
             raise DomainError(
-                "invalid_state", f"cannot {verb}: the mediation is {self.state.value}, not open"
+                "invalid_state", f"cannot {verb}: the mediation is {str(self.state)}, not open"
             )
 
     def _require_mediator(self, verb: str) -> None:
@@ -253,10 +253,10 @@ def open_dossier(
     assigned_at: datetime,
 ) -> tuple[Dossier, list[Emitted]]:
     """A new dossier for a `case.assigned` with `handling: mediation`."""
-    mid = mediation_id_for(case_id, level.value, case_version, assigned_at)
+    mid = mediation_id_for(case_id, str(level), case_version, assigned_at)
     due_by = now + norm
     steps = [
-        Step(at=now, kind="opened", by=None, detail={"level": level.value, "due_by": due_by}),
+        Step(at=now, kind="opened", by=None, detail={"level": str(level), "due_by": due_by}),
     ]
     if choice.mediator:
         steps.append(Step(at=now, kind="mediator_assigned", by=None, detail={"mediator": choice.mediator, "basis": choice.basis}))
@@ -493,7 +493,7 @@ def record_follow_up(
     d._authorise(cmd.by, directors, "record a follow-up")
     if d.state != State.agreed:
         raise DomainError(
-            "invalid_state", f"a follow-up is recorded only after an agreement; the mediation is {d.state.value}"
+            "invalid_state", f"a follow-up is recorded only after an agreement; the mediation is {str(d.state)}"
         )
     v1, v2 = d.version + 1, d.version + 2
     steps = d._step(now, "followed_up", cmd.by, fulfilled=cmd.fulfilled)

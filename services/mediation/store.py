@@ -146,11 +146,12 @@ class Store:
         return Directory(await self.directory.find_one({"_id": DIRECTORY_ID}))
 
     async def save_directory(self, version: int, mediators: list[dict], directors: list[dict]) -> bool:
-        """Keep the newest version only; False when an equal or newer one is stored."""
+        """Keep the newest version only; False when a newer one is stored (a redelivered equal
+        version is written again, so the work that follows it is redone idempotently)."""
         doc = {"_id": DIRECTORY_ID, "version": version, "mediators": mediators, "directors": directors}
         try:
             result = await self.directory.replace_one(
-                {"_id": DIRECTORY_ID, "version": {"$lt": version}}, doc, upsert=True
+                {"_id": DIRECTORY_ID, "version": {"$lte": version}}, doc, upsert=True
             )
         except DuplicateKeyError:
             return False

@@ -1,11 +1,9 @@
 """Wiring of the routing service: subscribers, commands, indexes, start hooks, timers."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from shared.app import Runtime
-from shared.contract import case as c
+from shared.contract import case as case_contract
 from shared.contract import subjects as s
 from shared.contract.directory import Directory
 from shared.contract.dispatch import TaskCompleted, TaskUnfilled
@@ -18,16 +16,16 @@ from .handlers import Routing
 from .store import Store
 
 COMMAND_MODELS: dict[str, type] = {
-    "accept": c.AcceptCase,
-    "note": c.NoteCase,
-    "pause": c.PauseCase,
-    "resume": c.ResumeCase,
-    "resolve": c.ResolveCase,
-    "escalate": c.EscalateCase,
-    "refer": c.ReferCase,
-    "feedback": c.RecordFeedback,
-    "reassign": c.ReassignCase,
-    "withdraw": c.WithdrawCase,
+    "accept": case_contract.AcceptCase,
+    "note": case_contract.NoteCase,
+    "pause": case_contract.PauseCase,
+    "resume": case_contract.ResumeCase,
+    "resolve": case_contract.ResolveCase,
+    "escalate": case_contract.EscalateCase,
+    "refer": case_contract.ReferCase,
+    "feedback": case_contract.RecordFeedback,
+    "reassign": case_contract.ReassignCase,
+    "withdraw": case_contract.WithdrawCase,
 }
 
 
@@ -49,7 +47,7 @@ def register(rt: Runtime) -> None:
         _serve_command(rt, routing, verb, model)
 
     @rt.messaging.consume(s.case_event("received"), batch=256)
-    async def on_received(body: Envelope[c.CaseReceived]) -> None:
+    async def on_received(body: Envelope[case_contract.CaseReceived]) -> None:
         await routing.on_received(body)
 
     @rt.messaging.consume(s.mediation_event("opened"))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from shared.app import Runtime
 from shared.batching import Coalescer
@@ -33,6 +33,13 @@ RETRIES = 8
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def lost_race(exc: BaseException) -> bool:
+    """A version guard or a transaction write conflict: reload and decide again."""
+    if isinstance(exc, Conflict):
+        return True
+    return isinstance(exc, PyMongoError) and exc.has_error_label("TransientTransactionError")
 
 
 class Routing:
@@ -188,10 +195,12 @@ class Routing:
                     if not await self.store.replace(noted, old_rev, uow.session):
                         raise Conflict()
                     uow.emit(*self.envelopes(case.id, events), *self.envelopes(noted.id, note_events))
-            except Conflict:
-                continue
             except DuplicateKeyError:
                 return
+            except (Conflict, PyMongoError) as exc:
+                if not lost_race(exc):
+                    raise
+                continue
             self.committed(None, case, events)
             self.committed(original, noted, note_events)
             return
@@ -219,13 +228,15 @@ class Routing:
                         raise Conflict()
                     uow.emit(*self.envelopes(case.id, events))
                     await self.rt.commands.record(body.id, reply, session=uow.session)
-            except Conflict:
-                continue
             except DuplicateKeyError:  # a racing replica answered this command id first
                 replay = await self.rt.commands.replay(body.id)
                 if replay is not None:
                     return replay
                 raise
+            except (Conflict, PyMongoError) as exc:
+                if not lost_race(exc):
+                    raise
+                continue
             self.committed(before, case, events)
             return reply
         raise DomainError("conflict", "the case changed concurrently; try again")
@@ -249,7 +260,9 @@ class Routing:
                     if not await self.store.replace(case, before.rev, uow.session):
                         raise Conflict()
                     uow.emit(*self.envelopes(case.id, events))
-            except Conflict:
+            except (Conflict, PyMongoError) as exc:
+                if not lost_race(exc):
+                    raise
                 continue
             self.committed(before, case, events)
             return
@@ -271,7 +284,9 @@ class Routing:
                 for _, case, events in decided:
                     if events:
                         uow.emit(*self.envelopes(case.id, events))
-        except Conflict:
+        except (Conflict, PyMongoError) as exc:
+            if not lost_race(exc):
+                raise
             # one of them moved on meanwhile (a command): decide each one again on its own
             for before, _, _ in decided:
                 await self._due_one(before.id)
@@ -294,7 +309,9 @@ class Routing:
                     if not await self.store.replace(case, before.rev, uow.session):
                         raise Conflict()
                     uow.emit(*self.envelopes(case.id, events))
-            except Conflict:
+            except (Conflict, PyMongoError) as exc:
+                if not lost_race(exc):
+                    raise
                 continue
             self.committed(before, case, events)
             return

@@ -125,6 +125,8 @@ def apply(fact: dict[str, Any], name: str, data: Any, tz: tzinfo) -> bool:
     elif name == "feedback_recorded":
         if fact.get("feedback") is None or v > fact["feedback"][0]:
             fact["feedback"] = [v, str(data.satisfaction)]
+    if name == "reopened":
+        fact["reopened_v"] = max(fact.get("reopened_v", 0), v)
     if name == "closed":
         reason = str(data.reason)
         if reason in EXCLUDED:
@@ -170,11 +172,14 @@ def due_at(fact: dict[str, Any]) -> float | None:
 
     Respond clock until the case is accepted after its current assignment, then the resolve
     clock; paused time (pause → resume after the assignment) moves the deadline on; a paused
-    case has no running clock.
+    case has no running clock, nor one resolved or reopened since its assignment.
     """
     cur = fact.get("cur_assigned")
     if cur is None or not is_open(fact):
         return None
+    resolution = fact.get("resolution")
+    if (resolution and resolution[0] > cur[0]) or fact.get("reopened_v", 0) > cur[0]:
+        return None  # the assignment's clocks ended; a reopened case waits for its new one
     accepted = fact.get("accepted") or {}
     responded = any(int(sv) > cur[0] for sv in accepted)
     base = cur[3] if responded else cur[2]

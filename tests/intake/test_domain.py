@@ -86,6 +86,8 @@ def test_bad_envelope_and_wrong_type() -> None:
 
 def test_quarantine_id_is_stable_per_bytes() -> None:
     assert domain.quarantine_id(b"x") == domain.quarantine_id(b"x") != domain.quarantine_id(b"y")
+    assert domain.quarantine_id(b"x", "E1", "a") == domain.quarantine_id(b"y", "E1", "a")
+    assert domain.quarantine_id(b"x", "E1", "a") != domain.quarantine_id(b"x", "E1", "b")
 
 
 def test_case_ids_are_opaque_sortable_and_unique() -> None:

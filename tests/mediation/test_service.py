@@ -17,7 +17,17 @@ from shared.contract.envelope import new_id
 
 from ..support import eventually, running, service_settings
 from .conftest import DEFAULT_STAFF, Harness, load_directory
-from .support import DIRECTOR, assigned, closed, feed, mediation_events, new_case_id, received, staff, wait_events
+from .support import (
+    DIRECTOR,
+    assigned,
+    closed,
+    feed,
+    mediation_events,
+    new_case_id,
+    received,
+    staff,
+    wait_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -294,3 +304,26 @@ async def test_no_mediator_in_community_then_assign_mediator(med: Harness) -> No
     assert r["ok"] and r["events"] == ["mediator_assigned"]
     evs = await wait_events(med.js, case_id, "mediator_assigned", "mediator_assigned")
     assert evs[-1][1]["mediator"] == "med-f"
+
+
+async def test_received_and_assigned_racing_for_many_cases(med: Harness) -> None:
+    cases = [new_case_id() for _ in range(12)]
+    sends = []
+    for i, case_id in enumerate(cases):
+        langs = ("mn", "mn") if i % 3 == 0 else ("zh", "zh")
+        pair = [feed(med.js, RECEIVED, received(case_id, langs)), feed(med.js, ASSIGNED, assigned(case_id))]
+        sends.extend(pair if i % 2 else reversed(pair))
+    await asyncio.gather(*sends)
+
+    async def settled():
+        docs = await med.rt.db.dossiers.find({"case_id": {"$in": cases}}).to_list()
+        return docs if len(docs) == len(cases) and all(d["parties_known"] for d in docs) else None
+
+    docs = await eventually(settled, timeout=20, what="every dossier opened with its parties")
+    assert sorted(d["case_id"] for d in docs) == sorted(cases)
+    for i, case_id in enumerate(cases):
+        d = next(x for x in docs if x["case_id"] == case_id)
+        assert [p["ref"] for p in d["parties"]] == ["p1", "p2"]
+        if i % 3 == 0:  # Mongolian-speaking parties end with the Mongolian-speaking mediator
+            assert d["mediator"] == "med-b"
+    assert await med.rt.db.cases.count_documents({"_id": {"$in": cases}, "assigned_version": 2}) == len(cases)

@@ -1,0 +1,101 @@
+"""The operator dashboard in headless Chromium (Debian package) driven by Playwright: it shows
+the numbers of an independent computation over the scripted history; screenshot for the README."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import async_playwright
+
+from shared.contract import subjects as s
+from shared.contract.directory import DirectoryChanged
+from shared.contract.envelope import Envelope
+
+from .conftest import StatsService, publish_all, wait_settled
+from .history import GRIDS, build_history, expected_reply
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+NAMES = {"jl": "金川社区", "hs": "和顺社区"}
+
+
+def directory() -> Envelope:
+    grids = [{"code": g, "name": f"第{i + 1}网格", "community": c} for c, gs in GRIDS.items() for i, g in enumerate(gs)]
+    data = DirectoryChanged(
+        version=1,
+        districts=[{"code": "linhe", "name": "临河区"}],
+        streets=[],
+        communities=[{"code": c, "name": n, "district": "linhe"} for c, n in NAMES.items()],
+        grids=grids,
+        buildings=[],
+        staff=[],
+        counts={"communities": 2, "grids": len(grids)},
+        at=datetime.now(UTC),
+    )
+    return Envelope.new(s.DIRECTORY_CHANGED, data.model_dump(mode="json"), source="/tests")
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{math.floor(v * 1000 + 0.5) / 10:.1f}%"  # as the page rounds (half up)
+
+
+def num(v: int | None) -> str:
+    return "—" if v is None else str(v)
+
+
+async def test_dashboard_shows_the_expected_numbers(stats_service: StatsService) -> None:
+    assert Path(CHROMIUM).exists(), "install Debian's chromium: apt-get install -y chromium"
+    svc = stats_service
+    now = datetime.now(UTC)
+    history = build_history(500, seed=7, now=now)
+    await publish_all(svc.js, [*history.envelopes, directory()], seed=3)
+    await wait_settled(svc.js)
+    async with httpx.AsyncClient(base_url=svc.url) as http:
+        overview = (await http.get("/api/overview")).json()
+    periods = {k: [datetime.fromisoformat(t) for t in v] for k, v in overview["periods"].items()}
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = await browser.new_page(viewport={"width": 1600, "height": 1400})
+            await page.goto(svc.url + "/dashboard")
+            await page.wait_for_selector("body[data-loaded='1']", timeout=20_000)
+            assert "金川社区" in await page.inner_text("#community-month")
+            for period in ("today", "week", "month"):
+                want = expected_reply(history.expected, *periods[period], {}, ["community"])
+                for row in want["rows"]:
+                    sel = f"#community-{period} tr[data-key='{row['key']['community']}']"
+                    for field, fmt in (("received", num), ("response_rate", pct), ("resolution_rate", pct),
+                                       ("satisfaction_rate", pct), ("in_grid_rate", pct),
+                                       ("in_community_rate", pct), ("open", num), ("overdue", num)):
+                        assert await page.inner_text(f"{sel} td[data-field='{field}']") == fmt(row[field]), (period, field)
+            # grid table, ranking and escalations for this month
+            await page.select_option("#period", "month")
+            await page.wait_for_function("document.getElementById('grid-period-label').textContent.includes('month')")
+            want = expected_reply(history.expected, *periods["month"], {}, ["grid"])
+            await page.wait_for_selector(f"#grid-table tr[data-key='{want['rows'][0]['key']['grid']}']")
+            for row in want["rows"]:
+                sel = f"#grid-table tr[data-key='{row['key']['grid']}']"
+                assert await page.inner_text(f"{sel} td[data-field='score']") == pct(row["score"])
+                assert await page.inner_text(f"{sel} td[data-field='received']") == num(row["received"])
+            ranked = [r["key"]["grid"] for r in sorted(
+                (r for r in want["rows"] if not r["suppressed"] and r["score"] is not None), key=lambda r: -r["score"])]
+            assert await page.eval_on_selector_all("#ranking li", "els => els.map(e => e.dataset.key)") == ranked
+            summary = await page.inner_text("#summary [data-field='resolution_rate'] .value")
+            assert summary == pct(want["totals"]["resolution_rate"])
+            backlog_open = sum(c.open for c in history.expected if not c.excluded)
+            shown = await page.eval_on_selector_all("#backlog td[data-field='open']", "els => els.map(e => +e.textContent)")
+            assert sum(shown) == backlog_open
+            assert len(await page.query_selector_all("#recent tr")) == 26  # header + 25 events
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            await browser.close()

@@ -70,7 +70,6 @@ class Work:
 
     reply: dict[str, Any] = field(default_factory=lambda: {"ok": True})
     outcomes: list[tuple[Task, Outcome]] = field(default_factory=list)
-    registered: str | None = None
 
 
 class Dispatch:
@@ -308,7 +307,6 @@ class Dispatch:
             )
             uow.emit(self.rt.event(subjects.dispatch_event("volunteer_registered"), data))
             work.reply = {"ok": True, "volunteer": v.id, "active": v.active}
-            work.registered = v.id
 
         reply = await self._atomically(attempt, command_id=command_id)
         doc = await self.store.get_volunteer(v.id)

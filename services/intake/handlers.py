@@ -42,7 +42,19 @@ WRITE_CONFLICT = 112
 
 def transient(exc: PyMongoError) -> bool:
     """A transaction that lost a race (write conflict): run it again."""
-    return exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) == WRITE_CONFLICT
+    if exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) == WRITE_CONFLICT:
+        return True
+    errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
+    return any(e.get("code") == WRITE_CONFLICT for e in errors)
+
+
+def _only_duplicates(exc: PyMongoError) -> bool:
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    if not isinstance(exc, BulkWriteError):
+        return False
+    errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
+    return bool(errors) and all(e.get("code") == 11000 for e in errors)
 
 
 async def backoff(attempt: int) -> None:
@@ -102,7 +114,7 @@ class GroupCommit(Coalescer[Pending, Outcome]):
     goes in the next flush (group commit), so a busy intake writes fewer, larger batches instead
     of many small concurrent transactions."""
 
-    def __init__(self, flush: Any, *, max_batch: int, max_delay: float, inflight: int = 2) -> None:
+    def __init__(self, flush: Any, *, max_batch: int, max_delay: float, inflight: int = 1) -> None:
         super().__init__(flush, max_batch=max_batch, max_delay=max_delay)
         self.inflight = inflight
         self._running = 0
@@ -135,6 +147,7 @@ class Intake:
         self.privacy = privacy
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
+        self._repeats_seen = False
         self.coalescer = GroupCommit(self._flush, max_batch=max(rt.settings.fetch_batch, 256), max_delay=0.003)
 
     # ---- reports ---------------------------------------------------------------------------
@@ -195,22 +208,29 @@ class Intake:
         first: dict[str, int] = {}
         for i, item in enumerate(items):
             first.setdefault(item.key, i)
+        keys = [items[i].key for i in first.values()]
         known: dict[str, dict[str, Any]] = {}
         created: dict[str, dict[str, Any]] = {}
+        # Optimistic by default (insert, let the unique `_id` refuse repeats); while repeats are
+        # about (the last batch had some), read the keys first: an aborted batch costs more.
+        if self._repeats_seen:
+            known = await self.store.existing(keys)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             fresh = [items[i] for i in first.values() if items[i].key not in known]
             try:
                 created = await self._insert(fresh)
                 break
-            except (BulkWriteError, DuplicateKeyError):
-                # another replica (or an earlier delivery) stored some of these: read them back
-                known.update(await self.store.existing([items[i].key for i in first.values()]))
             except PyMongoError as exc:
+                if _only_duplicates(exc):
+                    # another replica (or an earlier delivery) stored some of these: read them back
+                    known.update(await self.store.existing(keys))
+                    continue
                 if not transient(exc) or attempt == MAX_ATTEMPTS:
                     raise
                 await backoff(attempt)
         else:
             raise RuntimeError("report batch kept conflicting")
+        self._repeats_seen = bool(known) or len(first) < len(items)
         results = []
         for i, item in enumerate(items):
             if item.key in created and first[item.key] == i:

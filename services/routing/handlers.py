@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -51,6 +51,7 @@ class Routing:
         self.index = DirectoryIndex.build(None)
         self.workload = Workload()
         self.metrics = RoutingMetrics(rt.registry)
+        self._blocked: dict[str, datetime] = {}
         self.received = Coalescer(self._flush_received, max_batch=500, max_delay=0.002)
 
     def ctx(self, now: datetime | None = None) -> Ctx:
@@ -136,7 +137,7 @@ class Routing:
         else:
             await self.received.submit(body.data)
 
-    async def _flush_received(self, items: Sequence[CaseReceived]) -> list[None]:
+    async def _flush_received(self, items: Sequence[CaseReceived]) -> list[Any]:
         ctx = self.ctx()
         opened: list[tuple[Case, list]] = []
         ids: set[str] = set()
@@ -152,13 +153,21 @@ class Routing:
                 await self.store.insert([c for c, _ in opened], uow.session)
                 for case, events in opened:
                     uow.emit(*self.envelopes(case.id, events))
-        except (BulkWriteError, DuplicateKeyError):
-            # some were already opened (a redelivery): undo and take them one at a time
+        except (BulkWriteError, DuplicateKeyError, PyMongoError) as exc:
+            if not isinstance(exc, DuplicateKeyError | BulkWriteError) and not lost_race(exc):
+                raise
+            # some were already opened (a redelivery), or one is held by a transaction a crashed
+            # process left open: undo and take them one at a time, so only that one waits
             for case, _ in opened:
                 self.workload.move(domain.workload_key(case), None)
+            results: list[Any] = []
             for data in items:
-                await self._open_one(data)
-            return [None] * len(items)
+                try:
+                    await self._open_one(data)
+                    results.append(None)
+                except Exception as one:  # that message alone is retried with back-off
+                    results.append(one)
+            return results
         for case, events in opened:
             self.workload.move(domain.workload_key(case), None)
             self.committed(None, case, events)
@@ -272,11 +281,20 @@ class Routing:
     async def on_due(self, docs: list[dict[str, Any]], now: datetime) -> None:
         ctx = self.ctx(now)
         decided: list[tuple[Case, Case, list]] = []
+        # a case held by a transaction a crashed process left open (until the database reaps
+        # it, 60 s) is retried alone about once a second, so it cannot hold up the batch
+        blocked = {d["_id"] for d in docs if d["_id"] in self._blocked}
+        retry = [i for i in blocked if self._blocked[i] <= now]
+        docs = [d for d in docs if d["_id"] not in blocked]
         for doc in docs:
             before = Case.from_doc(doc)
             case = before.copy()
             events = domain.on_timer(case, ctx)
             decided.append((before, case, events))
+        for case_id in retry:
+            await self._due_one(case_id)
+        if not decided:
+            return
         try:
             async with self.rt.outbox.unit_of_work() as uow:
                 if not await self.store.replace_many([(c, b.rev) for b, c, _ in decided], uow.session):
@@ -297,6 +315,7 @@ class Routing:
         self.metrics.timer_lateness(lateness)
 
     async def _due_one(self, case_id: str) -> None:
+        self._blocked.pop(case_id, None)
         for _ in range(RETRIES):
             before = await self.store.get(case_id)
             now = utcnow()
@@ -312,6 +331,8 @@ class Routing:
             except (Conflict, PyMongoError) as exc:
                 if not lost_race(exc):
                     raise
+                await asyncio.sleep(0.01)
                 continue
             self.committed(before, case, events)
             return
+        self._blocked[case_id] = utcnow() + timedelta(seconds=1)

@@ -133,6 +133,7 @@ class StatsEngine:
         self.generation = 0
         self.lock = asyncio.Lock()
         self._answers: OrderedDict[Any, dict[str, Any]] = OrderedDict()
+        self.persist = True  # False only inside `bulk_load` (benchmarks)
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -241,7 +242,8 @@ class StatsEngine:
             if any(delta):
                 current = self.rollup.cells.get((day, dims)) or [0] * projection.N
                 cells.append((day, dims, [current[i] + delta[i] for i in range(projection.N)]))
-        await self.store.commit(list(changed.values()), cells, list(aux_changed.values()))
+        if self.persist:
+            await self.store.commit(list(changed.values()), cells, list(aux_changed.values()))
         # committed: now the in-memory state follows
         touched: set[tuple[Any, Any]] = set()
         for old, new in moves:
@@ -249,8 +251,9 @@ class StatsEngine:
             for c in (old, new):
                 if c is not None:
                     touched.add((c[1][5], c[1][1]))
-        for fact in changed.values():
-            self._remember(fact)
+        if self.persist:
+            for fact in changed.values():
+                self._remember(fact)
         for key, doc in aux_changed.items():
             prev = self.aux_cache.get(key)
             if prev is not None:
@@ -404,4 +407,38 @@ async def ingest(engine: StatsEngine, envelopes: Iterable[RawEvent], *, batch: i
             chunk = []
     if chunk:
         await engine.apply(chunk)
+    return n
+
+
+async def bulk_load(
+    engine: StatsEngine,
+    cases: Iterable[Sequence[RawEvent]],
+    *,
+    batch_cases: int = 2000,
+    persist_cells: bool = False,
+) -> int:
+    """Load many cases into the in-memory rollups fast (benchmarks): each element of `cases`
+    is one case's whole history. Folds through the same code as live events but writes no
+    facts (partial-day windows then see none of these cases); `persist_cells` writes the
+    resulting cells once at the end. Returns the number of cases."""
+    n = 0
+    engine.persist = False
+    try:
+        chunk: list[Item] = []
+        count = 0
+        for events in cases:
+            chunk.extend(i for i in (item_for(e) for e in events) if i is not None)
+            count += 1
+            n += 1
+            if count >= batch_cases:
+                await engine.apply(chunk)
+                chunk, count = [], 0
+        if chunk:
+            await engine.apply(chunk)
+    finally:
+        engine.persist = True
+    if persist_cells:
+        cells = [(day, dims, list(c)) for (day, dims), c in engine.rollup.cells.items()]
+        for i in range(0, len(cells), 5000):
+            await engine.store.commit([], cells[i : i + 5000], [])
     return n

@@ -294,3 +294,21 @@ def test_task_document_round_trip() -> None:
     doc = t.to_doc()
     back = Task.from_doc(doc)
     assert back.to_doc() == doc and doc["wake_at"] == NOW + TTL
+
+
+def test_availability_follows_counters_profile_and_reset() -> None:
+    reg = registry(vol("v1", max_tasks=1), vol("v2"))
+    m = Matcher(reg)
+    need = Need("c1", "g1", ("elderly_care",))
+    reg.apply([Effect("v1", offers=1)])
+    assert [v.id for v in m.eligible(need)] == ["v2"]
+    reg.apply([Effect("v1", offers=1)], sign=-1)
+    assert {v.id for v in m.eligible(need)} == {"v1", "v2"}
+    reg.upsert(vol("v2", active=False))
+    assert [v.id for v in m.eligible(need)] == ["v1"]
+    again = vol("v1", max_tasks=1)
+    again.tasks = 1
+    reg.reset([again, vol("v3")])
+    assert [v.id for v in m.eligible(need)] == ["v3"] and len(reg) == 2
+    reg.credit([Effect("v3", hours=4.0, at=NOW)])
+    assert reg.hours_key(NOW)["v3"] == (4.0, "v3")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ def settings(nats_url: str, mongodb_url: str, db_prefix: str, tmp_path: Path, of
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"dispatch: {{offer_ttl: {offer_ttl}, max_offers: {max_offers}}}\n", encoding="utf-8")
     return service_settings("dispatch", nats_url, mongodb_url, db_prefix, policy_file=policy)
+
+
+@asynccontextmanager
+async def dispatch(conf):
+    """`running("dispatch")`, then a flush so the server has the command subscriptions."""
+    async with dispatch(conf) as rt:
+        await rt.messaging.nc.flush()
+        yield rt
 
 
 def case_id() -> str:
@@ -155,7 +164,7 @@ async def nc(nats_url: str):
 
 async def test_accept_path_to_completed(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
     js = nc.jetstream()
-    async with running("dispatch", settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
+    async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
         await register(nc, "v-near", grid=GRID)
         await register(nc, "v-far", grid="other-grid")
         await register(nc, "v-noskill", skills=("haircut",))
@@ -203,7 +212,7 @@ async def test_accept_path_to_completed(nats_url, mongodb_url, db_prefix, tmp_pa
 
 async def test_decline_decline_accept(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
     js = nc.jetstream()
-    async with running("dispatch", settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
+    async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
         await register(nc, "v-a", languages=("zh",))
         await register(nc, "v-b", languages=("mn",))
         await register(nc, "v-c", languages=("mn", "zh"), grid="other-grid")
@@ -232,7 +241,7 @@ async def test_expiry_offers_next_and_survives_a_restart(nats_url, mongodb_url, 
     js = nc.jetstream()
     conf = settings(nats_url, mongodb_url, db_prefix, tmp_path, offer_ttl="PT2S")
     cid = case_id()
-    async with running("dispatch", conf):
+    async with dispatch(conf):
         await register(nc, "v-1")
         await register(nc, "v-2")
         await open_case(js, cid)
@@ -244,7 +253,7 @@ async def test_expiry_offers_next_and_survives_a_restart(nats_url, mongodb_url, 
     # dispatch is down while the offer falls due
     await asyncio.sleep(2.5)
     assert [n for n, _ in await dispatch_events(js, cid)] == ["task_opened", "offered"]
-    async with running("dispatch", conf) as rt:
+    async with dispatch(conf) as rt:
         evs = await wait_events(js, cid, ["task_opened", "offered", "expired", "offered"], timeout=5)
         assert evs[2][1]["volunteer"] == "v-1" and evs[3][1]["volunteer"] == "v-2"
         # the second offer expires too: nobody is left
@@ -257,7 +266,7 @@ async def test_expiry_offers_next_and_survives_a_restart(nats_url, mongodb_url, 
 
 async def test_nobody_eligible_is_unfilled(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
     js = nc.jetstream()
-    async with running("dispatch", settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
+    async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
         await register(nc, "v-elsewhere", community="other-community")
         await register(nc, "v-noskill", skills=("haircut",))
         await register(nc, "v-full", max_tasks=0)
@@ -274,7 +283,7 @@ async def test_nobody_eligible_is_unfilled(nats_url, mongodb_url, db_prefix, tmp
 
 async def test_three_person_task_offers_until_three_accepted(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
     js = nc.jetstream()
-    async with running("dispatch", settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
+    async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
         for i in range(5):
             await register(nc, f"v-{i}", skills=("repair", "elderly_care"))
         cid = case_id()
@@ -301,7 +310,7 @@ async def test_three_person_task_offers_until_three_accepted(nats_url, mongodb_u
 
 async def test_open_claim_race_has_exactly_one_winner(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
     js = nc.jetstream()
-    async with running("dispatch", settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
+    async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
         await register(nc, "pm-1", skills=())
         await register(nc, "pm-2", skills=())
         await register(nc, "pm-far", skills=(), community="other-community")
@@ -333,7 +342,7 @@ async def test_open_claim_race_has_exactly_one_winner(nats_url, mongodb_url, db_
 
 async def test_case_closed_cancels_task_and_withdraws_offers(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
     js = nc.jetstream()
-    async with running("dispatch", settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
+    async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:
         for i in range(3):
             await register(nc, f"v-{i}")
         cid = case_id()
@@ -360,7 +369,7 @@ async def test_case_closed_cancels_task_and_withdraws_offers(nats_url, mongodb_u
 
 async def test_assigned_before_received_waits_for_the_needs(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
     js = nc.jetstream()
-    async with running("dispatch", settings(nats_url, mongodb_url, db_prefix, tmp_path)):
+    async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path)):
         await register(nc, "v-med", skills=("medical",))
         cid = case_id()
         await send(js, "assigned", assigned(cid))

@@ -99,3 +99,30 @@ def case_closed(case_id: str, version: int) -> dict[str, Any]:
 
 
 RECEIVED = s.case_event("received")
+
+
+async def stream_messages(js, stream: str, subject: str | None = None) -> list[Any]:
+    """Like `tests.support.stream_messages`, but also stops on the plain `TimeoutError` that
+    nats-py raises from `fetch` when its deadline ran out before the request (seen under load)."""
+    import nats.errors
+    from nats.js import api
+
+    info = await js.stream_info(stream)
+    if info.state.messages == 0:
+        return []
+    sub = await js.pull_subscribe(
+        subject or ">",
+        stream=stream,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL, inactive_threshold=30),
+    )
+    out: list[Any] = []
+    try:
+        while len(out) < info.state.messages:
+            try:
+                batch = await sub.fetch(500, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            out.extend(batch)
+    finally:
+        await sub.unsubscribe()
+    return out

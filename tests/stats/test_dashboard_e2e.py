@@ -43,6 +43,10 @@ def directory() -> Envelope:
     return Envelope.new(s.DIRECTORY_CHANGED, data.model_dump(mode="json"), source="/tests")
 
 
+def chromium_installed() -> bool:
+    return Path(CHROMIUM).exists()
+
+
 def pct(v: float | None) -> str:
     return "—" if v is None else f"{math.floor(v * 1000 + 0.5) / 10:.1f}%"  # as the page rounds (half up)
 
@@ -52,7 +56,7 @@ def num(v: int | None) -> str:
 
 
 async def test_dashboard_shows_the_expected_numbers(stats_service: StatsService) -> None:
-    assert Path(CHROMIUM).exists(), "install Debian's chromium: apt-get install -y chromium"
+    assert chromium_installed(), "install Debian's chromium: apt-get install -y chromium"
     svc = stats_service
     now = datetime.now(UTC)
     history = build_history(500, seed=7, now=now)
@@ -95,7 +99,6 @@ async def test_dashboard_shows_the_expected_numbers(stats_service: StatsService)
             shown = await page.eval_on_selector_all("#backlog td[data-field='open']", "els => els.map(e => +e.textContent)")
             assert sum(shown) == backlog_open
             assert len(await page.query_selector_all("#recent tr")) == 26  # header + 25 events
-            SCREENSHOT.parent.mkdir(exist_ok=True)
             await page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
             await browser.close()

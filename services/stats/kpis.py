@@ -23,8 +23,17 @@ K_MIN = 5
 WEIGHTS = {"response_rate": 0.30, "resolution_rate": 0.35, "satisfaction_rate": 0.35}
 DIM_POS = {d: i for i, d in enumerate(DIMS)}
 
-# views kept besides the full cells: geography, and geography with one more dimension
+# views kept besides the full cells: geography, with one or two more dimensions (a query
+# reads the smallest view holding its group_by and scope dimensions)
 DEFAULT_VIEWS: tuple[tuple[str, ...], ...] = (
+    ("district",),
+    ("district", "community"),
+    ("district", "community", "level"),
+    ("district", "community", "category"),
+    ("district", "community", "channel"),
+    ("district", "community", "category", "channel"),
+    ("district", "community", "category", "level"),
+    ("district", "community", "channel", "level"),
     ("district", "community", "grid"),
     ("district", "community", "grid", "level"),
     ("district", "community", "grid", "category"),

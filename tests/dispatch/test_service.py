@@ -43,7 +43,7 @@ def settings(nats_url: str, mongodb_url: str, db_prefix: str, tmp_path: Path, of
 @asynccontextmanager
 async def dispatch(conf):
     """`running("dispatch")`, then a flush so the server has the command subscriptions."""
-    async with dispatch(conf) as rt:
+    async with running("dispatch", conf) as rt:
         await rt.messaging.nc.flush()
         yield rt
 

@@ -1,0 +1,124 @@
+"""Kill -9 of the intake process in the middle of a burst, then restart: every report becomes
+exactly one case and one `received` event — none lost, none doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.embedded import Child, free_port
+
+from ..support import connect, eventually
+from .helpers import RECEIVED, leaks, report, stream_messages
+from .test_intake import publish_all
+
+pytestmark = pytest.mark.integration
+
+BURST = 2000
+
+
+def intake_process(env: dict[str, str], log: Path) -> Child:
+    return Child("intake", [sys.executable, "-m", "shared.cli", "run", "intake"], log, env=env).start()
+
+
+def ready(port: int, child: Child) -> bool:
+    assert child.alive(), f"intake exited; see {child.log_path}"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1) as r:  # noqa: S310
+            return r.status == 200
+    except OSError:
+        return False
+
+
+async def wait_ready(port: int, child: Child) -> None:
+    await eventually(lambda: asyncio.to_thread(ready, port, child), timeout=60, interval=0.2, what="intake ready")
+
+
+async def test_kill_9_in_a_burst_loses_and_doubles_nothing(nats_url, mongodb_url, db_prefix, tmp_path) -> None:
+    from pymongo import AsyncMongoClient
+
+    port = free_port()
+    env = {  # as `Stack.service_env` does it
+        "GRIDCASE_SERVICE": "intake",
+        "GRIDCASE_NATS_URL": nats_url,
+        "GRIDCASE_MONGODB_URL": mongodb_url,
+        "GRIDCASE_HTTP_PORT": str(port),
+        "GRIDCASE_DATA_DIR": str(tmp_path / "data"),
+        "GRIDCASE_DATABASE_PREFIX": db_prefix,
+        "GRIDCASE_ACK_WAIT_S": "3",
+        "GRIDCASE_OUTBOX_RELAY_S": "0.5",
+        "GRIDCASE_LOG_LEVEL": "DEBUG",
+    }
+    log = tmp_path / "intake.log"
+    nc = await connect(nats_url)
+    mongo = AsyncMongoClient(mongodb_url, tz_aware=True)
+    reports = mongo[f"{db_prefix}_intake"]["reports"]
+    js = nc.jetstream()
+    child = intake_process(env, log)
+    try:
+        await wait_ready(port, child)
+        await publish_all(js, [report(i, channel="grid_patrol") for i in range(BURST)])
+        await eventually(lambda: _at_least(reports, 300), timeout=60, what="burst under way")
+        child.kill()  # SIGKILL mid-burst
+        done_before = await reports.count_documents({})
+        assert done_before < BURST, "the burst finished before the kill; nothing was tested"
+
+        child = intake_process(env, log)
+        await wait_ready(port, child)
+        await eventually(lambda: _at_least(reports, BURST), timeout=90, what="every report a case")
+        events = await eventually(lambda: _events(js, BURST), timeout=30, what="every received event")
+        await eventually(lambda: _drained(js, mongo[f"{db_prefix}_intake"]), timeout=30, what="consumer and outbox drained")
+        await asyncio.sleep(1.5)  # a doubled event would have been published by now
+
+        events = [json.loads(m.data)["data"] for m in await stream_messages(js, "GRIDCASE_CASES", RECEIVED)]
+        per_report = Counter(e["external_id"] for e in events)
+        assert len(per_report) == BURST and set(per_report.values()) == {1}
+        assert len({e["case_id"] for e in events}) == BURST
+        assert await reports.count_documents({}) == BURST
+        assert len(await reports.distinct("case_id")) == BURST
+        stored = {d["external_id"]: d["case_id"] async for d in reports.find({}, {"external_id": 1, "case_id": 1})}
+        assert stored == {e["external_id"]: e["case_id"] for e in events}
+        assert await stream_messages(js, "GRIDCASE_DLQ") == []
+    finally:
+        child.stop()
+        await mongo.close()
+        await nc.close()
+    text = log.read_bytes()
+    assert b"service started" in text
+    assert not leaks(text), "personal data in the intake log"
+    for m in await _all_published(nats_url):
+        assert not leaks(m.data), m.subject
+
+
+async def _at_least(coll, n: int) -> bool:
+    return await coll.count_documents({}) >= n
+
+
+async def _events(js, n: int):
+    msgs = await stream_messages(js, "GRIDCASE_CASES", RECEIVED)
+    return msgs if len(msgs) >= n else None
+
+
+async def _drained(js, db) -> bool:
+    info = await js.consumer_info("GRIDCASE_INTAKE", "intake-intake-report")
+    return info.num_pending == 0 and info.num_ack_pending == 0 and await db.outbox.count_documents({}) == 0
+
+
+async def _all_published(nats_url: str):
+    """Everything intake publishes: case events, rejections, dead letters."""
+    nc = await connect(nats_url)
+    try:
+        js = nc.jetstream()
+        return (
+            await stream_messages(js, "GRIDCASE_CASES")
+            + await stream_messages(js, "GRIDCASE_INTAKE", "gridcase.intake.rejected.v1")
+            + await stream_messages(js, "GRIDCASE_DLQ")
+        )
+    finally:
+        await nc.close()

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # Headless Chromium (Debian package) for the dashboard's browser test.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@dpkg -s chromium fonts-noto-cjk >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser test"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) \
 	  || { echo "could not install chromium (need root and Debian's package registry)"; exit 1; }; }

@@ -68,7 +68,7 @@ async def run(opts: Options, work: Path) -> list[Row]:
             floor = row.figure
         sys_want = want & {"throughput", "latency", "memory"}
         if sys_want:
-            rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, opts, floor, work, sys_want), "1 throughput")
+            rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, opts, floor, work, sys_want, infra.pids), "1 throughput")
         if "escalation" in want:
             rows += await _guard(run_escalation(infra.nats_url, infra.mongodb_url, opts, work), "3 escalation")
         if "stats" in want:

@@ -119,6 +119,9 @@ def dispatch_matcher(n: int) -> tuple[Callable[[int], Any] | None, str]:
     dom, dwhy = _import("services.dispatch.domain")
     if dom is None:
         return None, f"{why}; {dwhy}"
+    known = _registry_matcher(dom, n)
+    if known is not None:
+        return known, "services.dispatch.domain Matcher.best(Need, now, k=1) over Registry"
     found = [
         name for name, obj in vars(dom).items()
         if callable(obj) and not inspect.isclass(obj) and getattr(obj, "__module__", "") == dom.__name__
@@ -133,6 +136,40 @@ def dispatch_matcher(n: int) -> tuple[Callable[[int], Any] | None, str]:
         if call is not None:
             return call, f"services.dispatch.domain.{name} (guessed call)"
     return None, f"found {', '.join(found)} in services.dispatch.domain but could not call it with synthetic volunteers; add bench_support.make_matcher(n)"
+
+
+def _registry_matcher(dom: Any, n: int) -> Callable[[int], Any] | None:
+    """The dispatch domain's own shape: Registry of VolunteerState, Matcher(registry).best(Need, now=, k=)."""
+    from datetime import UTC, datetime, timedelta
+
+    try:
+        registry = dom.Registry()
+        now = datetime.now(UTC)
+        for i, v in enumerate(synthetic_volunteers(n)):
+            state = dom.VolunteerState.from_volunteer(v)
+            if i % 3 == 0:  # some volunteers have hours in the window: the ranking has work to do
+                state.credit(now - timedelta(days=i % 40), 1.0 + i % 4)
+            registry.upsert(state)
+        matcher = dom.Matcher(registry)
+        skills = ["escort", "shopping", "repair", "cleaning", "translation"]
+
+        def need(i: int) -> Any:
+            c = f"c{i % 8}"
+            return dom.Need(
+                community=c,
+                grid=f"{c}-g{i % 11}",
+                skills=(skills[i % len(skills)],) if i % 4 else (),
+                languages=frozenset({"mn"}) if i % 5 == 0 else frozenset(),
+            )
+
+        def one(i: int) -> Any:
+            return matcher.best(need(i), now=datetime.now(UTC), k=1 if i % 10 else 3, exclude=(f"v{i}",))
+
+        if not one(1):
+            return None
+        return one
+    except Exception:
+        return None
 
 
 def _guess_call(fn: Callable[..., Any], vols: list[Any]) -> Callable[[int], Any] | None:

@@ -168,6 +168,16 @@ def rss_mb(pid: int) -> dict[str, float | None]:
         return {"rss_mb": None, "hwm_mb": None}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _proc_status(pid: int) -> dict[str, float | None]:
     out: dict[str, float | None] = {"rss_mb": None, "hwm_mb": None}
     try:
@@ -349,8 +359,9 @@ class Pacer:
                 if isinstance(r, BaseException):
                     self.failed += 1
 
-    async def run(self, rate: float, seconds: float, *, stop: Callable[[], bool] | None = None, track: bool = False) -> float:
-        """Publish `rate`/s for `seconds`; returns the achieved rate."""
+    async def run(self, rate: float, seconds: float, *, stop: Callable[[], bool] | None = None, track: bool = False,
+                  limit: int | None = None) -> float:
+        """Publish `rate`/s for `seconds` (at most `limit` messages in all); returns the achieved rate."""
         t0 = time.monotonic()
         start_sent = self.sent
         tick = 0.01
@@ -360,6 +371,10 @@ class Pacer:
             if el >= seconds or (stop and stop()):
                 break
             due = int(rate * el) - (self.sent - start_sent)
+            if limit is not None:
+                if self.sent >= limit:
+                    break
+                due = min(due, limit - self.sent)
             for _ in range(max(0, min(due, 5000))):
                 subject, msg_id, body, key = self.make(self.sent)
                 if track:

@@ -156,7 +156,7 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         pacer = Pacer(js, make)
         log(f"escalation: publishing {n_target} case.received at {rate:.0f}/s (respond clock {respond_s}s; {dir_note})")
         t_pub = time.time()
-        await pacer.run(rate, window * 1.5, stop=lambda: state["stop"] or pacer.sent >= n_target)
+        await pacer.run(rate, window * 1.5, stop=lambda: bool(state["stop"]), limit=n_target)
         n = pacer.sent
         log(f"escalation: published {n} in {time.time() - t_pub:.0f}s; waiting for routing to assign them")
         base = 5

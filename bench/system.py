@@ -36,6 +36,7 @@ from .common import (
     Row,
     command,
     consumer_backlog,
+    cpu_seconds,
     drop_databases,
     durables_of,
     error_row,
@@ -90,6 +91,15 @@ class System:
         self.t_from = utcnow() - timedelta(days=2)
         self.durables = durables_of("intake", "routing", "stats")
         self.peak: dict[str, dict[str, float | None]] = {}
+        self.infra_pids: dict[str, int | None] = {}
+
+    def pids(self) -> dict[str, int]:
+        out = {n: c.pid for n, c in self.stack.services.items() if c.pid}
+        out.update({n: p for n, p in self.infra_pids.items() if p})
+        return out
+
+    def cpu(self) -> dict[str, float]:
+        return {n: c for n, p in self.pids().items() if (c := cpu_seconds(p)) is not None}
 
     async def stats_totals(self) -> dict[str, Any] | None:
         q = {"from": iso(self.t_from), "to": iso(utcnow() + timedelta(days=2)), "scope": {}, "group_by": []}
@@ -190,6 +200,7 @@ async def _run_at(sys_: System, stage: str, rate: float, seconds: float, prefix:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
+    cpu0 = sys_.cpu()
     task = asyncio.create_task(sampler())
     achieved = await pacer.run(rate, seconds, stop=(lambda: state["backlog"] > backlog_cap) if backlog_cap else None)
     t_pub = time.monotonic() - t0
@@ -200,6 +211,11 @@ async def _run_at(sys_: System, stage: str, rate: float, seconds: float, prefix:
     await task
     counter[0] += pacer.sent
     el = time.monotonic() - t0
+    cpu1 = sys_.cpu()
+    done = samples[-1][1] if samples else 0
+    # CPU seconds each process spent per 1,000 completed reports: what bounds the throughput
+    cpu_per_1k = {n: round((cpu1[n] - cpu0[n]) / done * 1000, 2) for n in cpu1 if n in cpu0 and done > 0}
+    cpu_share = {n: round((cpu1[n] - cpu0[n]) / el, 2) for n in cpu1 if n in cpu0}
     # completion rate: least squares over the samples after the first third of publishing
     pts = [(t, c) for t, c, b in samples if t >= min(t_pub, el) / 3 and (t <= t_pub or b > 50)]
     done_rate = slope(pts) if len(pts) >= 3 else (samples[-1][1] / el if samples else 0.0)
@@ -213,6 +229,9 @@ async def _run_at(sys_: System, stage: str, rate: float, seconds: float, prefix:
         "completion_rate": round(done_rate, 1),
         "backlog_slope": round(slope(back), 2),
         "backlog_end": samples[-1][2] if samples else None,
+        "completed": done,
+        "cpu_s_per_1k_reports": cpu_per_1k,
+        "cpu_cores_used": cpu_share,
         "samples": [(round(t, 1), c, b) for t, c, b in samples],
     }
 
@@ -224,6 +243,9 @@ async def scenario_throughput(sys_: System, pipe: Pipeline, opts: Options, floor
     if stage == "none":
         return not_available(S1, M1, "intake publishes no case.received yet", target=1000, unit="reports/s")
     probe_s, steady_s = opts.d(20, 8), opts.d(60, 20)
+    before = await sys_.drain(opts.d(60, 30))
+    if before > 100:
+        log(f"throughput: starting with a backlog of {before} left by earlier load")
     counter = [0]
     probe_rate = min(4000.0, max(1500.0, 1.2 * (floor or 0)))
     cap_backlog = int(opts.d(6000, 3000))
@@ -268,6 +290,9 @@ async def scenario_throughput(sys_: System, pipe: Pipeline, opts: Options, floor
         "no backlog growth (intake, routing, stats durables)" if sustained
         else f"backlog grew {res['backlog_slope']:+.0f}/s: figure is the completion rate"
     ) + stats_note
+    busiest = sorted(res.get("cpu_cores_used", {}).items(), key=lambda kv: -kv[1])[:3]
+    if busiest:
+        note += "; CPU cores used: " + ", ".join(f"{n} {c:.2f}" for n, c in busiest)
     return Row(
         S1,
         M1,
@@ -395,7 +420,8 @@ def memory_rows(sys_: System, ran_load: bool) -> list[Row]:
 
 
 # ---- the group ---------------------------------------------------------------------------------
-async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: float | None, workdir: Path, want: set[str]) -> list[Row]:
+async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: float | None, workdir: Path, want: set[str],
+                     infra_pids: dict[str, int | None] | None = None) -> list[Row]:
     from .profile import start_profile
 
     await reset_streams(nats_url)
@@ -431,6 +457,7 @@ async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: floa
         nc = await nats.connect(stack.nats_url)
         wl = Workload.default()
         sys_ = System(stack, nc, wl)
+        sys_.infra_pids = infra_pids or {}
         log(f"system: services up (HTTP offset {cfg.port_offset}); probing the pipeline")
         pipe = await sys_.probe()
         log(f"system: directory {pipe.directory}; stages intake={pipe.intake} routing={pipe.routing} stats={pipe.stats} {' '.join(pipe.notes)}")

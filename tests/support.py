@@ -69,6 +69,7 @@ async def running(service: str, settings: Settings, register: Callable[[Runtime]
     """Run one service in this process against real servers."""
     app, rt = build_app(service, settings, register)
     await app.start()
+    await rt.messaging.nc.flush()  # subscriptions reach the server before the test sends commands
     try:
         yield rt
     finally:

@@ -101,12 +101,20 @@ class Metrics:
         self.rejected = Counter("gridcase_intake_reports_rejected", "Reports refused and quarantined", ["reason"], registry=r)
         self.linked = Counter("gridcase_intake_reports_linked", "New cases linked to an open case", ["channel"], registry=r)
         self.contact = Counter("gridcase_intake_contact_lookups", "Contact look-ups", ["outcome"], registry=r)
+        self._received: dict[str, Any] = {}
         self.flush = Histogram(
             "gridcase_intake_flush_reports",
             "Reports per batched write",
             buckets=(1, 4, 16, 32, 64, 128, 256, 512, 1024),
             registry=r,
         )
+
+    def count_received(self, channel: str) -> None:
+        """Hot path: the labelled child is looked up once per channel."""
+        child = self._received.get(channel)
+        if child is None:
+            child = self._received[channel] = self.received.labels(channel)
+        child.inc()
 
 
 class GroupCommit(Coalescer[Pending, Outcome]):
@@ -131,6 +139,13 @@ class GroupCommit(Coalescer[Pending, Outcome]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def drain(self) -> None:
+        """Flush everything waiting, including what queues behind a running flush."""
+        while self._pending or self._tasks:
+            self._start_flush()
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def _run_then_next(self, batch: list[tuple[Pending, asyncio.Future[Outcome]]]) -> None:
         try:
             await self._run(batch)
@@ -140,21 +155,32 @@ class GroupCommit(Coalescer[Pending, Outcome]):
                 self._start_flush()
 
 
+
 class Intake:
-    def __init__(self, rt: Runtime, store: IntakeStore, privacy: Privacy) -> None:
+    def __init__(self, rt: Runtime, store: IntakeStore, privacy: Privacy | None = None) -> None:
         self.rt = rt
         self.store = store
-        self.privacy = privacy
+        self._privacy = privacy
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
         self._repeats_seen = False
         self.coalescer = GroupCommit(self._flush, max_batch=max(rt.settings.fetch_batch, 256), max_delay=0.003)
 
+    @property
+    def privacy(self) -> Privacy:
+        if self._privacy is None:
+            raise RuntimeError("intake key not loaded (the service has not started)")
+        return self._privacy
+
+    @privacy.setter
+    def privacy(self, value: Privacy) -> None:
+        self._privacy = value
+
     # ---- reports ---------------------------------------------------------------------------
     async def take(self, raw: bytes, subject: str) -> Outcome:
         """The one code path for both subjects."""
         parsed = domain.parse_report(raw, subject)
-        self.metrics.received.labels(parsed.channel or "unknown").inc()
+        self.metrics.count_received(parsed.channel or "unknown")
         if not parsed.ok:
             return await self._reject(raw, subject, parsed)
         report = parsed.report

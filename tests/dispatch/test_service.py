@@ -152,6 +152,11 @@ async def respond(nc, task_id: str, vid: str, answer: str) -> dict:
     return await command(nc, s.command("dispatch", "respond"), {"task_id": task_id, "volunteer": vid, "answer": answer})
 
 
+async def metric(registry, name: str, labels: dict[str, str], value: float) -> None:
+    """Metrics move just after the events are published: wait for them."""
+    await eventually(lambda: registry.get_sample_value(name, labels) == value, timeout=5, what=f"{name}={value}")
+
+
 @pytest.fixture
 async def nc(nats_url: str):
     conn = await connect(nats_url)
@@ -199,10 +204,10 @@ async def test_accept_path_to_completed(nats_url, mongodb_url, db_prefix, tmp_pa
         vol = await rt.db.volunteers.find_one({"_id": "v-near"})
         assert vol["tasks"] == 0 and vol["offers"] == 0 and vol["hours_total"] == 2.5
         reg = rt.registry
-        assert reg.get_sample_value("gridcase_dispatch_tasks_opened_total", {"community": COMMUNITY}) == 1
-        assert reg.get_sample_value("gridcase_dispatch_offers_total", {"community": COMMUNITY, "outcome": "accepted"}) == 1
-        assert reg.get_sample_value("gridcase_dispatch_volunteer_hours_total", {"community": COMMUNITY}) == 2.5
-        assert reg.get_sample_value("gridcase_dispatch_time_to_accept_seconds_count", {"community": COMMUNITY}) == 1
+        await metric(reg, "gridcase_dispatch_tasks_opened_total", {"community": COMMUNITY}, 1)
+        await metric(reg, "gridcase_dispatch_offers_total", {"community": COMMUNITY, "outcome": "accepted"}, 1)
+        await metric(reg, "gridcase_dispatch_volunteer_hours_total", {"community": COMMUNITY}, 2.5)
+        await metric(reg, "gridcase_dispatch_time_to_accept_seconds_count", {"community": COMMUNITY}, 1)
 
     # volunteer_registered carries no name
     regs = [d for n, d in await dispatch_events(js) if n == "volunteer_registered"]
@@ -232,7 +237,7 @@ async def test_decline_decline_accept(nats_url, mongodb_url, db_prefix, tmp_path
         assert (await respond(nc, task_id, "v-c", "accept"))["state"] == "filled"
         await wait_events(js, cid, ["task_opened", "offered", "declined", "offered", "declined", "offered", "accepted"])
         reg = rt.registry
-        assert reg.get_sample_value("gridcase_dispatch_offers_total", {"community": COMMUNITY, "outcome": "declined"}) == 2
+        await metric(reg, "gridcase_dispatch_offers_total", {"community": COMMUNITY, "outcome": "declined"}, 2)
         counts = {d["_id"]: (d["offers"], d["tasks"]) async for d in rt.db.volunteers.find({})}
         assert counts == {"v-a": (0, 0), "v-b": (0, 0), "v-c": (0, 1)}
 
@@ -259,7 +264,7 @@ async def test_expiry_offers_next_and_survives_a_restart(nats_url, mongodb_url, 
         # the second offer expires too: nobody is left
         evs = await wait_events(js, cid, ["task_opened", "offered", "expired", "offered", "expired", "unfilled"], timeout=8)
         assert evs[5][1]["reason"] == "no_volunteer"
-        assert rt.registry.get_sample_value("gridcase_dispatch_offers_total", {"community": COMMUNITY, "outcome": "expired"}) == 2
+        await metric(rt.registry, "gridcase_dispatch_offers_total", {"community": COMMUNITY, "outcome": "expired"}, 2)
         task = await rt.db.tasks.find_one({"_id": evs[0][1]["task_id"]})
         assert task["state"] == "unfilled" and task["wake_at"] is None
 
@@ -276,7 +281,7 @@ async def test_nobody_eligible_is_unfilled(nats_url, mongodb_url, db_prefix, tmp
         await open_case(js, cid, needs={"skills": ["elderly_care"], "people": 1})
         evs = await wait_events(js, cid, ["task_opened", "unfilled"])
         assert evs[1][1]["reason"] == "no_volunteer" and evs[1][1]["version"] == 2
-        assert rt.registry.get_sample_value("gridcase_dispatch_unfilled_total", {"community": COMMUNITY}) == 1
+        await metric(rt.registry, "gridcase_dispatch_unfilled_total", {"community": COMMUNITY}, 1)
         gone = [d for n, d in await dispatch_events(js) if n == "volunteer_registered" and d["volunteer"] == "v-gone"]
         assert [d["active"] for d in gone] == [True, False]
 
@@ -305,7 +310,7 @@ async def test_three_person_task_offers_until_three_accepted(nats_url, mongodb_u
             assert reply["ok"], reply
         assert reply["state"] == "completed"
         evs = await wait_events(js, cid, ["task_opened", "offered", "offered", "offered", "accepted", "declined", "offered", "accepted", "accepted", "completed", "completed", "completed"])
-        assert rt.registry.get_sample_value("gridcase_dispatch_volunteer_hours_total", {"community": COMMUNITY}) == 6.0
+        await metric(rt.registry, "gridcase_dispatch_volunteer_hours_total", {"community": COMMUNITY}, 6.0)
 
 
 async def test_open_claim_race_has_exactly_one_winner(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:

@@ -109,7 +109,7 @@ async def stream_messages(js, stream: str, subject: str | None = None) -> list[A
         while True:
             try:
                 batch = await sub.fetch(500, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # nats-py may raise either under load
                 break
             out.extend(batch)
             if len(out) >= total:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
 from faststream.asgi import AsgiFastStream, AsgiResponse
@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from .commands import CommandLog
-from .contract.catalogue import EVENTS
+from .contract.catalogue import COMMANDS, EVENTS
 from .contract.envelope import Envelope
 from .contract.subjects import SERVICE_ACCESS, SERVICE_PORTS, stream_for
 from .db import Indexes, make_client, ping
@@ -126,7 +126,30 @@ def asyncapi_document(rt: Runtime) -> dict[str, Any]:
         description=f"The {rt.name} service of gridcase (DESIGN §3).",
         schema_version="3.0.0",
     )
-    return spec.to_specification().to_jsonable()
+    return _contract_payloads(spec.to_specification().to_jsonable())
+
+
+def _contract_payloads(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every channel of the contract documents its envelope schema from `shared.contract`,
+    whatever the handler's signature (a hot path may take raw bytes and validate itself)."""
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name, message in components.get("messages", {}).items():
+        address = name.split(":", 1)[0]
+        model = EVENTS.get(address) or COMMANDS.get(address)
+        if model is None:
+            continue
+        schema = Envelope[model].model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[valid-type]
+        for key, sub in schema.pop("$defs", {}).items():
+            schemas.setdefault(key, sub)
+        key = f"Envelope[{model.__name__}]"
+        schemas[key] = schema
+        message["payload"] = {"$ref": "#/components/schemas/" + quote(key, safe="")}
+    # references from anywhere but the schema table's own keys
+    used = json.dumps([doc.get("channels"), doc.get("operations"), components.get("messages"), list(schemas.values())])
+    for key in [k for k in schemas if k.endswith(":Payload") and quote(k, safe="") not in used and k not in used]:
+        del schemas[key]
+    return doc
 
 
 def _document_publications(rt: Runtime) -> None:

@@ -99,9 +99,9 @@ async def run_stats_query(nats_url: str, mongodb_url: str, opts: Options, workdi
         log(f"stats: loading {n:,} synthetic cases with {how}")
         t0 = time.monotonic()
         try:
-            loaded = await asyncio.wait_for(load_stats(fn, nats_url, mongodb_url, DB_PREFIX, n), opts.d(540, 180))
+            loaded = await asyncio.wait_for(load_stats(fn, nats_url, mongodb_url, DB_PREFIX, n), opts.d(300, 120))
         except TimeoutError:
-            return [error_row(S4, m_http, TimeoutError(f"loading {n:,} cases took over {opts.d(540, 180):.0f}s"), target=50, op="<=", unit="ms")]
+            return [error_row(S4, m_http, TimeoutError(f"loading {n:,} cases took over {opts.d(300, 120):.0f}s"), target=50, op="<=", unit="ms")]
         load_s = time.monotonic() - t0
         log(f"stats: loaded in {load_s:.0f}s; starting stats")
         try:

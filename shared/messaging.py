@@ -234,6 +234,7 @@ class ReliabilityMiddleware(BaseMiddleware):
             seq=meta.sequence.stream,
             delivered=delivered,
             error=type(exc).__name__,
+            detail=str(exc)[:200],
         )
         raise NackMessage(delay=backoff(delivered)) from exc
 

@@ -65,11 +65,18 @@ async def test_system_survives_losing_a_nats_node(tmp_path: Path, mongodb_url: s
                     victim.child.kill()  # a node dies mid-stream
                 await publish_with_retry(js, env)
 
+            progress: dict[str, int] = {}
+
             async def assigned_all():
                 msgs = await stream_messages(js, "GRIDCASE_CASES", s.case_event("assigned"))
+                progress["assigned"] = len(msgs)
+                progress["received"] = len(await stream_messages(js, "GRIDCASE_CASES", s.case_event("received")))
                 return msgs if len(msgs) >= N else None
 
-            assigned = await eventually(assigned_all, timeout=180, interval=1, what="every report assigned on two nodes")
+            try:
+                assigned = await eventually(assigned_all, timeout=180, interval=1, what="every report assigned on two nodes")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {progress}") from None
             received = await stream_messages(js, "GRIDCASE_CASES", s.case_event("received"))
             by_external = Counter(json.loads(m.data)["data"]["external_id"] for m in received)
             assert len(by_external) == N and set(by_external.values()) == {1}, "lost or doubled"

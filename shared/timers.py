@@ -18,6 +18,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.operations import IndexModel
 
+from .lease import Lease
 from .logs import log
 
 logger = logging.getLogger("gridcase.timers")
@@ -35,12 +36,15 @@ class DuePoller:
         interval: float = 0.25,
         batch: int = 500,
         field: str = WAKE_AT,
+        lease_ttl: float = 5.0,
     ) -> None:
         self.collection = collection
         self.on_due = on_due
         self.interval = interval
         self.batch = batch
         self.field = field
+        # one replica polls at a time; another takes over within `lease_ttl` if it dies
+        self.lease = Lease(collection.database, f"timers:{collection.name}", ttl=lease_ttl)
 
     async def poll_once(self, now: datetime | None = None) -> int:
         now = now or datetime.now(UTC)
@@ -55,11 +59,24 @@ class DuePoller:
         return len(docs)
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                n = await self.poll_once()
-            except Exception as exc:
-                log(logger, logging.WARNING, "timer poll failed", error=type(exc).__name__, detail=str(exc)[:200])
-                n = 0
-            if n < self.batch:
-                await asyncio.sleep(self.interval)
+        try:
+            while True:
+                try:
+                    if not self.lease.held() and not await self.lease.acquire():
+                        await asyncio.sleep(self.interval * 4)  # a standby: check the lease now and then
+                        continue
+                    n = await self.poll_once()
+                except Exception as exc:
+                    log(logger, logging.WARNING, "timer poll failed", error=type(exc).__name__, detail=str(exc)[:200])
+                    n = 0
+                if n < self.batch:
+                    await asyncio.sleep(self.interval)
+        finally:  # stopping: hand the lease over at once rather than after its ttl
+            await _quietly(self.lease.release())
+
+
+async def _quietly(aw) -> None:
+    try:
+        await asyncio.wait_for(aw, timeout=1.0)
+    except Exception:
+        pass

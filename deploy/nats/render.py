@@ -108,7 +108,7 @@ def service_permissions(access: ServiceAccess) -> Permissions:
     for stream, durable in durables:
         acks += [f"$JS.ACK.{stream}.{durable}.>", f"$JS.ACK.*.*.{stream}.{durable}.>"]
     publish = _unique((*access.publishes, "gridcase.dlq.>", *js_api, *acks))
-    subscribe = _unique((*access.consumes, *access.serves, "_INBOX.>", *ADVISORIES))
+    subscribe = _unique((*access.consumes, *access.serves, *access.listens, "_INBOX.>", *ADVISORIES))
     # Command replies go to the requester's inbox: allow_responses permits exactly one
     # reply to each request this user received, instead of publishing to any `_INBOX.>`.
     return Permissions(publish, subscribe, allow_responses=bool(access.serves))

@@ -34,6 +34,7 @@ def register(rt: Runtime) -> None:
     rt.routing = routing  # type: ignore[attr-defined]  # for tests and tools in this process
     Store.declare(rt.indexes)
     rt.on_start.append(routing.start)
+    rt.on_start.append(routing.listen_for_directory)
     poller = DuePoller(routing.store.cases, routing.on_due, interval=rt.settings.timer_poll_s, batch=1000)
     rt.background.append(poller.run_forever)
     rt.background.append(routing.watch_directory)

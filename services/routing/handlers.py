@@ -18,6 +18,7 @@ from shared.contract.case import CaseReceived, case_reply
 from shared.contract.directory import Directory, DirectoryChanged
 from shared.contract.envelope import Envelope
 from shared.errors import BadMessage, Conflict, DomainError
+from shared.locks import KeyedLocks
 from shared.logs import log
 
 from . import domain
@@ -53,6 +54,8 @@ class Routing:
         self.metrics = RoutingMetrics(rt.registry)
         self._blocked: dict[str, datetime] = {}
         self.received = Coalescer(self._flush_received, max_batch=500, max_delay=0.002)
+        self.case_locks = KeyedLocks()
+        self.directory_nudge = asyncio.Event()
 
     def ctx(self, now: datetime | None = None) -> Ctx:
         return Ctx(self.rt.policy, self.index, self.workload, now or utcnow())
@@ -71,10 +74,23 @@ class Routing:
             self.metrics.account_doc(doc, +1)
         log(logger, logging.INFO, "routing state loaded", directory_version=version, open_cases=n)
 
+    async def listen_for_directory(self) -> None:
+        """Every replica hears `directory.changed` (a core subscription, not the shared durable)."""
+
+        async def nudge(_msg: Any) -> None:
+            self.directory_nudge.set()
+
+        await self.rt.messaging.nc.subscribe(subjects.DIRECTORY_CHANGED, cb=nudge)
+
     async def watch_directory(self, interval: float = 5.0) -> None:
-        """Another replica may load the directory: pick up a newer version."""
+        """Another replica may load the directory: pick up a newer version at once when
+        nudged, and in any case within `interval`."""
         while True:
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self.directory_nudge.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self.directory_nudge.clear()
             try:
                 if await self.store.directory_version() != self.index.version:
                     directory, version = await self.store.load_directory()
@@ -186,6 +202,11 @@ class Routing:
         self.committed(None, case, events)
 
     async def _merge_duplicate(self, data: CaseReceived) -> None:
+        # a burst of duplicates all note the same original: take them one at a time here
+        async with self.case_locks.hold(data.duplicate_of or ""):
+            await self._merge_duplicate_locked(data)
+
+    async def _merge_duplicate_locked(self, data: CaseReceived) -> None:
         for _ in range(RETRIES):
             if await self.store.get(data.case_id) is not None:
                 return

@@ -142,6 +142,8 @@ class ServiceAccess:
     publishes: tuple[str, ...]
     consumes: tuple[str, ...]
     serves: tuple[str, ...]
+    # core (non-durable) subscriptions every replica gets, e.g. a nudge to reload a cache
+    listens: tuple[str, ...] = ()
 
     @property
     def durables(self) -> tuple[tuple[str, str], ...]:
@@ -169,6 +171,7 @@ SERVICE_ACCESS: dict[str, ServiceAccess] = {
             dispatch_event("unfilled"),
         ),
         serves=tuple(command("case", v) for v in CASE_COMMANDS) + (DIRECTORY_LOAD,),
+        listens=(DIRECTORY_CHANGED,),
     ),
     "mediation": ServiceAccess(
         service="mediation",

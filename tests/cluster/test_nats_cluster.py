@@ -54,9 +54,9 @@ async def test_system_survives_losing_a_nats_node(tmp_path: Path, mongodb_url: s
                 settings = service_settings(service, cluster.url, mongodb_url, db_prefix, stream_replicas=3, data_dir=tmp_path)
                 await stack.enter_async_context(running(service, settings))
             assert (await command(nc, s.DIRECTORY_LOAD, small_directory(1, 2, 3)))["ok"]
-            buildings = [b["code"] for b in small_directory(1, 2, 3)["buildings"]]
+            grids = [g["code"] for g in small_directory(1, 2, 3)["grids"]]
             envs = [
-                Envelope.new(s.INTAKE_REPORT, report(f"cl-{i}", buildings[i % len(buildings)]), source="/platform/wechat")
+                Envelope.new(s.INTAKE_REPORT, report(f"cl-{i}", grid=grids[i % len(grids)]), source="/platform/wechat")
                 for i in range(N)
             ]
             victim = cluster.nodes[1]

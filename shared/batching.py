@@ -1,4 +1,4 @@
-"""Coalescing concurrent calls into one batched call.
+"""Coalescing concurrent calls into one batched call (group commit).
 
 A pull consumer fetches a batch and runs the handler for every message concurrently; each
 handler stays a few lines (load, decide, save), and `Coalescer` turns their saves into one
@@ -20,18 +20,24 @@ Flush = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]
 class Coalescer(Generic[T, R]):
     """`await submit(item)` returns that item's result from a shared `flush(items)` call.
 
-    A flush runs once the current burst of submissions has settled (one event-loop turn plus
-    `max_delay`), or as soon as `max_batch` items wait. `flush` returns one result per item
-    (an exception instance fails only that item).
+    A flush starts once the current burst of submissions has settled (`max_delay`), or as soon
+    as `max_batch` items wait. At most `inflight` flushes run at once: what arrives meanwhile
+    waits and goes into the next, larger flush (group commit) — fewer, bigger transactions and
+    no two of this process's flushes conflicting on the same documents. `flush` returns one
+    result per item; an exception instance fails only that item.
     """
 
-    def __init__(self, flush: Flush[T, R], *, max_batch: int = 500, max_delay: float = 0.002) -> None:
+    def __init__(
+        self, flush: Flush[T, R], *, max_batch: int = 500, max_delay: float = 0.002, inflight: int = 1
+    ) -> None:
         self._flush_fn = flush
         self.max_batch = max_batch
         self.max_delay = max_delay
+        self.inflight = inflight
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -47,11 +53,21 @@ class Coalescer(Generic[T, R]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self._running >= self.inflight or not self._pending:
+            return  # picked up when a running flush ends
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        self._running += 1
+        task = asyncio.get_running_loop().create_task(self._run_then_next(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_then_next(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            self._running -= 1
+            if self._pending:
+                self._start_flush()
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
@@ -74,7 +90,8 @@ class Coalescer(Generic[T, R]):
                 fut.set_result(result)
 
     async def drain(self) -> None:
-        """Flush what waits and wait for running flushes (used at shutdown)."""
-        self._start_flush()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Flush everything waiting, including what queues behind a running flush (shutdown)."""
+        while self._pending or self._tasks:
+            self._start_flush()
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -117,45 +117,6 @@ class Metrics:
         child.inc()
 
 
-class GroupCommit(Coalescer[Pending, Outcome]):
-    """A `Coalescer` with at most `inflight` flushes running: whatever arrives meanwhile waits and
-    goes in the next flush (group commit), so a busy intake writes fewer, larger batches instead
-    of many small concurrent transactions."""
-
-    def __init__(self, flush: Any, *, max_batch: int, max_delay: float, inflight: int = 1) -> None:
-        super().__init__(flush, max_batch=max_batch, max_delay=max_delay)
-        self.inflight = inflight
-        self._running = 0
-
-    def _start_flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._running >= self.inflight or not self._pending:
-            return  # picked up when a running flush ends
-        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-        self._running += 1
-        task = asyncio.get_running_loop().create_task(self._run_then_next(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self) -> None:
-        """Flush everything waiting, including what queues behind a running flush."""
-        while self._pending or self._tasks:
-            self._start_flush()
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def _run_then_next(self, batch: list[tuple[Pending, asyncio.Future[Outcome]]]) -> None:
-        try:
-            await self._run(batch)
-        finally:
-            self._running -= 1
-            if self._pending:
-                self._start_flush()
-
-
-
 class Intake:
     def __init__(self, rt: Runtime, store: IntakeStore, privacy: Privacy | None = None) -> None:
         self.rt = rt
@@ -164,7 +125,9 @@ class Intake:
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
         self._repeats_seen = False
-        self.coalescer = GroupCommit(self._flush, max_batch=max(rt.settings.fetch_batch, 256), max_delay=0.003)
+        self.coalescer: Coalescer[Pending, Outcome] = Coalescer(
+            self._flush, max_batch=max(rt.settings.fetch_batch, 256), max_delay=0.003
+        )
 
     @property
     def privacy(self) -> Privacy:

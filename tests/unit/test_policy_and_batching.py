@@ -88,6 +88,28 @@ async def test_coalescer_flushes_at_max_batch_and_propagates_flush_errors() -> N
 
     c: Coalescer[int, int] = Coalescer(flush, max_batch=4)
     results = await asyncio.gather(*(c.submit(i) for i in range(10)), return_exceptions=True)
-    assert sizes == [4, 4, 2]
+    assert sizes == [4, 4, 2]  # one flush at a time: the rest queue behind it
     assert results[:8] == list(range(8))
     assert all(isinstance(r, ConnectionError) for r in results[8:])
+
+
+async def test_group_commit_runs_one_flush_at_a_time_and_batches_what_waits() -> None:
+    calls: list[list[int]] = []
+    running = 0
+    most = 0
+
+    async def flush(items):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        calls.append(list(items))
+        await asyncio.sleep(0.05)
+        running -= 1
+        return list(items)
+
+    c: Coalescer[int, int] = Coalescer(flush, max_batch=100, max_delay=0.001)
+    first = [asyncio.create_task(c.submit(i)) for i in range(3)]
+    await asyncio.sleep(0.01)  # the first flush is running now
+    later = [asyncio.create_task(c.submit(i)) for i in range(3, 8)]
+    assert await asyncio.gather(*first, *later) == list(range(8))
+    assert calls == [[0, 1, 2], [3, 4, 5, 6, 7]] and most == 1

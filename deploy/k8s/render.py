@@ -50,6 +50,11 @@ def k8s_name(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+# Stats keeps its KPI rollups in memory (queries in milliseconds over a million cases), so it
+# runs as one active instance: one replica, replaced (not rolled) on update, not scaled on lag.
+SINGLE_INSTANCE = {"stats"}
+
+
 def labels(service: str) -> dict:
     return {"app.kubernetes.io/name": service, "app.kubernetes.io/part-of": "gridcase"}
 
@@ -142,13 +147,14 @@ def deployment(service: str) -> dict:
         "kind": "Deployment",
         "metadata": {"name": service, "labels": labels(service)},
         "spec": {
-            "replicas": 2,
+            "replicas": 1 if service in SINGLE_INSTANCE else 2,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": {"app.kubernetes.io/name": service}},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
+            "strategy": (
+                {"type": "Recreate"}
+                if service in SINGLE_INSTANCE
+                else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+            ),
             "template": {
                 "metadata": {
                     "labels": labels(service),
@@ -287,9 +293,10 @@ def outputs() -> dict[Path, str]:
         OUT / "consumers.yaml": dump(consumers()),
     }
     for service in SERVICE_ACCESS:
-        out[OUT / f"{service}.yaml"] = dump(
-            [deployment(service), service_resource(service), pdb(service), scaled_object(service)]
-        )
+        docs = [deployment(service), service_resource(service), pdb(service)]
+        if service not in SINGLE_INSTANCE:
+            docs.append(scaled_object(service))
+        out[OUT / f"{service}.yaml"] = dump(docs)
     return out
 
 

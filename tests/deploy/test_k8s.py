@@ -117,7 +117,12 @@ def test_prod_streams_and_settings():
     )
     assert settings["data"]["GRIDCASE_DECLARE_STREAMS"] == "false"
     assert of_kind(docs, "MongoDBCommunity")[0]["spec"]["members"] == 3
-    assert all(d["spec"]["replicas"] == 3 for d in of_kind(docs, "Deployment"))
+    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in of_kind(docs, "Deployment")}
+    # stats is one active instance (in-memory rollups); every other service scales out
+    assert replicas == {s: (1 if s == "stats" else 3) for s in SERVICE_ACCESS}
+    stats = next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "stats")
+    assert stats["spec"]["strategy"]["type"] == "Recreate"
+    assert "stats" not in {o["metadata"]["name"] for o in of_kind(docs, "ScaledObject")}
 
 
 def test_deployments_are_hardened(overlay):

@@ -160,6 +160,17 @@ class Policy(_Strict):
     def rule(self, category: Category) -> CategoryRule:
         return self.categories.get(category, DEFAULT_CATEGORIES[Category.other])
 
+    def concerns(self, handling: Handling, category: str, assigned: str | None = None) -> bool:
+        """Whether the service doing `handling` ever has work on this case: only cases whose
+        category starts in that handling reach mediation or dispatch, so they skip every other
+        case's events without touching their database (most of the traffic)."""
+        if assigned == handling:
+            return True
+        try:
+            return self.rule(Category(category)).handling == handling
+        except ValueError:
+            return False
+
     def next_level(self, level: Level) -> Level | None:
         idx = self.ladder.index(level) if level in self.ladder else -1
         return self.ladder[idx + 1] if 0 <= idx < len(self.ladder) - 1 else None

@@ -14,6 +14,7 @@ from faststream.nats.annotations import NatsMessage
 from shared.app import Runtime
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
+from shared.contract.common import Handling
 from shared.contract.dispatch import ClaimTask, CompleteTask, RegisterVolunteer, RespondToOffer
 from shared.contract.envelope import Envelope
 from shared.timers import DuePoller
@@ -40,15 +41,18 @@ def register(rt: Runtime) -> None:
 
     @rt.messaging.consume(s.case_event("received"))
     async def on_received(body: Envelope[CaseReceived]) -> None:
-        await svc.on_received(body.data)
+        if rt.policy.concerns(Handling.dispatch, body.data.category):
+            await svc.on_received(body.data)
 
     @rt.messaging.consume(s.case_event("assigned"))
     async def on_assigned(body: Envelope[CaseAssigned], msg: NatsMessage) -> None:
-        await svc.on_assigned(body.data, _delivered(msg))
+        if rt.policy.concerns(Handling.dispatch, body.data.category, body.data.handling):
+            await svc.on_assigned(body.data, _delivered(msg))
 
     @rt.messaging.consume(s.case_event("closed"))
     async def on_closed(body: Envelope[CaseClosed]) -> None:
-        await svc.on_closed(body.data)
+        if rt.policy.concerns(Handling.dispatch, body.data.category):
+            await svc.on_closed(body.data)
 
     @rt.messaging.serve(s.command("dispatch", "register_volunteer"))
     async def register_volunteer(body: Envelope[RegisterVolunteer]) -> dict[str, Any]:

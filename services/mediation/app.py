@@ -7,6 +7,7 @@ from typing import Any
 from shared.app import Runtime
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
+from shared.contract.common import Handling
 from shared.contract.directory import DirectoryChanged
 from shared.contract.envelope import Envelope
 from shared.contract.mediation import (
@@ -31,15 +32,18 @@ def register(rt: Runtime) -> None:
 
     @consume(s.case_event("received"))
     async def on_received(body: Envelope[CaseReceived]) -> None:
-        await svc.on_received(body.data)
+        if rt.policy.concerns(Handling.mediation, body.data.category):
+            await svc.on_received(body.data)
 
     @consume(s.case_event("assigned"))
     async def on_assigned(body: Envelope[CaseAssigned]) -> None:
-        await svc.on_assigned(body.data)
+        if rt.policy.concerns(Handling.mediation, body.data.category, body.data.handling):
+            await svc.on_assigned(body.data)
 
     @consume(s.case_event("closed"))
     async def on_closed(body: Envelope[CaseClosed]) -> None:
-        await svc.on_closed(body.data)
+        if rt.policy.concerns(Handling.mediation, body.data.category):
+            await svc.on_closed(body.data)
 
     @consume(s.DIRECTORY_CHANGED)
     async def on_directory(body: Envelope[DirectoryChanged]) -> None:

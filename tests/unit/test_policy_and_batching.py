@@ -113,3 +113,11 @@ async def test_group_commit_runs_one_flush_at_a_time_and_batches_what_waits() ->
     later = [asyncio.create_task(c.submit(i)) for i in range(3, 8)]
     assert await asyncio.gather(*first, *later) == list(range(8))
     assert calls == [[0, 1, 2], [3, 4, 5, 6, 7]] and most == 1
+
+
+def test_policy_tells_which_cases_a_handling_service_ever_sees() -> None:
+    p = Policy()
+    assert p.concerns("mediation", "dispute.neighbour") and not p.concerns("mediation", "facility.parking")
+    assert p.concerns("dispatch", "help.micro_wish") and not p.concerns("dispatch", "dispute.family")
+    assert p.concerns("mediation", "other", assigned="mediation")  # an assignment says so explicitly
+    assert not p.concerns("dispatch", "not-a-category")

@@ -125,6 +125,8 @@ class Intake:
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
         self._repeats_seen = False
+        # what intake learns of cases (assignee, closure): one batched write per fetch
+        self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500)
         self.coalescer: Coalescer[Pending, Outcome] = Coalescer(
             self._flush, max_batch=max(rt.settings.fetch_batch, 256), max_delay=0.003
         )
@@ -287,10 +289,14 @@ class Intake:
 
     # ---- what intake learns from other services --------------------------------------------
     async def on_assigned(self, data: CaseAssigned) -> None:
-        await self.store.assign(data.case_id, data.version, data.assignee, data.scope.model_dump())
+        await self.case_updates.submit(self.store.assign_op(data.case_id, data.version, data.assignee, data.scope.model_dump()))
 
     async def on_closed(self, data: CaseClosed) -> None:
-        await self.store.close(data.case_id, data.version)
+        await self.case_updates.submit(self.store.close_op(data.case_id, data.version))
+
+    async def _flush_case_updates(self, ops: Sequence[Any]) -> list[None]:
+        await self.store.apply(list(ops))
+        return [None] * len(ops)
 
     async def on_directory(self, data: DirectoryChanged) -> None:
         view = domain.DirectoryView.from_changed(data)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -70,19 +70,29 @@ class IntakeStore:
     async def by_case(self, case_id: str) -> dict[str, Any] | None:
         return await self.reports.find_one({"case_id": case_id})
 
-    async def assign(self, case_id: str, version: int, assignee: str | None, scope: dict[str, Any]) -> bool:
+    @staticmethod
+    def assign_op(case_id: str, version: int, assignee: str | None, scope: dict[str, Any]) -> UpdateOne:
         """Keep the newest assignment only (events may arrive out of order or twice)."""
         update: dict[str, Any] = {"assignee": assignee, "assigned_version": version}
         for part in ("district", "community", "grid"):
             if scope.get(part):
                 update[part] = scope[part]
-        result = await self.reports.update_one(
-            {"case_id": case_id, "assigned_version": {"$lt": version}}, {"$set": update}
-        )
-        return result.matched_count == 1
+        return UpdateOne({"case_id": case_id, "assigned_version": {"$lt": version}}, {"$set": update})
+
+    @staticmethod
+    def close_op(case_id: str, version: int) -> UpdateOne:
+        return UpdateOne({"case_id": case_id, "open": True}, {"$set": {"open": False, "closed_version": version}})
+
+    async def apply(self, ops: list[UpdateOne]) -> None:
+        """Assignments and closures of many cases in one batched write."""
+        if ops:
+            await self.reports.bulk_write(ops, ordered=False)
+
+    async def assign(self, case_id: str, version: int, assignee: str | None, scope: dict[str, Any]) -> None:
+        await self.apply([self.assign_op(case_id, version, assignee, scope)])
 
     async def close(self, case_id: str, version: int) -> None:
-        await self.reports.update_one({"case_id": case_id, "open": True}, {"$set": {"open": False, "closed_version": version}})
+        await self.apply([self.close_op(case_id, version)])
 
     # ---- quarantine ------------------------------------------------------------------------
     async def put_quarantine(self, doc: dict[str, Any], session: AsyncClientSession) -> None:

@@ -88,12 +88,6 @@ class IntakeStore:
         if ops:
             await self.reports.bulk_write(ops, ordered=False)
 
-    async def assign(self, case_id: str, version: int, assignee: str | None, scope: dict[str, Any]) -> None:
-        await self.apply([self.assign_op(case_id, version, assignee, scope)])
-
-    async def close(self, case_id: str, version: int) -> None:
-        await self.apply([self.close_op(case_id, version)])
-
     # ---- quarantine ------------------------------------------------------------------------
     async def put_quarantine(self, doc: dict[str, Any], session: AsyncClientSession) -> None:
         await self.quarantine.insert_one(doc, session=session)

@@ -97,10 +97,14 @@ class Store:
         return [from_doc(d) for d in docs]
 
     async def load(self, mediators: Iterable[str]) -> dict[str, int]:
-        """Open dossiers per mediator."""
-        out = {}
-        for m in mediators:
-            out[m] = await self.dossiers.count_documents({"mediator": m, "state": State.open.value})
+        """Open dossiers per mediator: one indexed query (a count per mediator costs SecantusDB
+        ~100 ms each, and the choice runs for every dossier opened)."""
+        out = dict.fromkeys(mediators, 0)
+        if not out:
+            return out
+        cursor = self.dossiers.find({"mediator": {"$in": list(out)}, "state": State.open.value}, {"mediator": 1})
+        async for d in cursor:
+            out[d["mediator"]] += 1
         return out
 
     async def insert(self, d: Dossier, session: AsyncClientSession) -> None:

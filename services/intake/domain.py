@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -299,3 +300,20 @@ def may_see_contact(
     if community and requested_by in directors:
         return ContactDecision(True, "community_director")
     return ContactDecision(False, "not_assignee_or_director")
+
+
+class RecentIds:
+    """A bounded map of the most recent keys (oldest forgotten first)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, str] = OrderedDict()
+
+    def put(self, key: str, value: str) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def get(self, key: str) -> str | None:
+        return self._items.get(key)

@@ -125,6 +125,8 @@ class Intake:
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
         self._repeats_seen = False
+        # case id → report `_id` of recent cases: updates by `_id` are what the database is fast at
+        self.report_ids = domain.RecentIds(100_000)
         # what intake learns of cases (assignee, closure): one batched write per fetch
         self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500)
         self.coalescer: Coalescer[Pending, Outcome] = Coalescer(
@@ -283,16 +285,18 @@ class Intake:
             await self.store.insert_reports(docs, uow.session)
             uow.emit(*events)
         for doc in docs:
+            self.report_ids.put(doc["case_id"], doc["_id"])
             if doc["duplicate_of"]:
                 self.metrics.linked.labels(doc["channel"]).inc()
         return out
 
     # ---- what intake learns from other services --------------------------------------------
     async def on_assigned(self, data: CaseAssigned) -> None:
-        await self.case_updates.submit(self.store.assign_op(data.case_id, data.version, data.assignee, data.scope.model_dump()))
+        rid = self.report_ids.get(data.case_id)
+        await self.case_updates.submit(self.store.assign_op(data.case_id, data.version, data.assignee, data.scope.model_dump(), rid))
 
     async def on_closed(self, data: CaseClosed) -> None:
-        await self.case_updates.submit(self.store.close_op(data.case_id, data.version))
+        await self.case_updates.submit(self.store.close_op(data.case_id, data.version, self.report_ids.get(data.case_id)))
 
     async def _flush_case_updates(self, ops: Sequence[Any]) -> list[None]:
         await self.store.apply(list(ops))

@@ -71,17 +71,18 @@ class IntakeStore:
         return await self.reports.find_one({"case_id": case_id})
 
     @staticmethod
-    def assign_op(case_id: str, version: int, assignee: str | None, scope: dict[str, Any]) -> UpdateOne:
-        """Keep the newest assignment only (events may arrive out of order or twice)."""
+    def assign_op(case_id: str, version: int, assignee: str | None, scope: dict[str, Any], report_id: str | None = None) -> UpdateOne:
+        """Keep the newest assignment only (events may arrive out of order or twice).
+        With the report's `_id` known the update is an `_id` lookup, else by the case id index."""
         update: dict[str, Any] = {"assignee": assignee, "assigned_version": version}
         for part in ("district", "community", "grid"):
             if scope.get(part):
                 update[part] = scope[part]
-        return UpdateOne({"case_id": case_id, "assigned_version": {"$lt": version}}, {"$set": update})
+        return UpdateOne({**_by(case_id, report_id), "assigned_version": {"$lt": version}}, {"$set": update})
 
     @staticmethod
-    def close_op(case_id: str, version: int) -> UpdateOne:
-        return UpdateOne({"case_id": case_id, "open": True}, {"$set": {"open": False, "closed_version": version}})
+    def close_op(case_id: str, version: int, report_id: str | None = None) -> UpdateOne:
+        return UpdateOne({**_by(case_id, report_id), "open": True}, {"$set": {"open": False, "closed_version": version}})
 
     async def apply(self, ops: list[UpdateOne]) -> None:
         """Assignments and closures of many cases in one batched write."""
@@ -117,3 +118,7 @@ class IntakeStore:
 
     async def load_directory(self) -> DirectoryView:
         return DirectoryView.from_doc(await self.directory.find_one({"_id": DIRECTORY_ID}))
+
+
+def _by(case_id: str, report_id: str | None) -> dict[str, Any]:
+    return {"_id": report_id, "case_id": case_id} if report_id else {"case_id": case_id}

@@ -283,7 +283,7 @@ class Messaging:
             stream=JStream(stream.name, declare=False),
             durable=spec.durable,
             config=spec.config(),
-            pull_sub=PullSub(batch_size=batch or self.settings.fetch_batch, timeout=1.0),
+            pull_sub=PullSub(batch_size=batch or self.settings.fetch_batch, timeout=self.settings.fetch_wait_s),
             ack_policy=FsAckPolicy.ACK,
             **kw,
         )

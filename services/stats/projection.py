@@ -16,6 +16,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from shared.contract.case import EscalationReason
+from shared.contract.stats import COUNT_FIELDS  # the KPI counts of a row, in contract order
 
 LEVELS = ("building", "grid", "community", "street")
 IN_GRID = {"building", "grid"}
@@ -27,20 +28,6 @@ ESCALATION_REASONS = tuple(r.value for r in EscalationReason)
 
 # dimensions of a rollup cell besides the local day (grid determines community → district)
 DIMS = ("district", "community", "grid", "category", "channel", "level")
-COUNT_FIELDS = (
-    "received",
-    "assigned",
-    "responded_on_time",
-    "resolved",
-    "resolved_on_time",
-    "resolved_in_grid",
-    "resolved_in_community",
-    "escalated",
-    "feedback",
-    "satisfied",
-    "open",
-    "overdue",
-)
 # the counter vector of a cell: the KPI counts, then escalation *events* by reason
 COUNTERS = COUNT_FIELDS + tuple(f"esc_{r}" for r in ESCALATION_REASONS)
 N = len(COUNTERS)

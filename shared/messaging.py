@@ -278,7 +278,6 @@ class Messaging:
             max_ack_pending=max(1024, 8 * (batch or self.settings.fetch_batch)),
         )
         self.consumers.append(spec)
-        kw.setdefault("max_workers", self.settings.consumer_workers)
         return self.broker.subscriber(
             subject,
             stream=JStream(stream.name, declare=False),

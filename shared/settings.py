@@ -34,9 +34,6 @@ class Settings(BaseSettings):
     # How long one pull waits to fill its batch. A pull returns when the batch is full or this
     # runs out, so at low rates it is added to every hop's latency; at high rates batches fill.
     fetch_wait_s: float = Field(default=0.03, gt=0, le=30)
-    # Messages a consumer handles at once. More than one fetch's worth, so the next fetch's
-    # messages queue for the group commit while the previous write runs.
-    consumer_workers: int = Field(default=256, ge=1, le=4096)
     # Intake: key for encrypting phones (base64 Fernet key); dev default is generated into data_dir.
     intake_key: str | None = None
     timer_poll_s: float = Field(default=0.25, gt=0)

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import platform
-import random
 import shutil
 import tempfile
 import time
@@ -27,7 +26,7 @@ import nats.js.errors
 from nats.js import api
 
 from shared.contract.envelope import Envelope, new_id
-from shared.contract.subjects import SERVICE_ACCESS, SERVICE_PORTS, STREAMS
+from shared.contract.subjects import SERVICE_ACCESS, STREAMS
 from shared.embedded import (
     Child,
     free_port,
@@ -35,7 +34,6 @@ from shared.embedded import (
     mongo_url,
     nats_healthy,
     nats_server,
-    port_open,
     secantus_server,
     wait_until,
 )
@@ -237,16 +235,6 @@ def make_workdir(opts: Options) -> Path:
 def remove_workdir(path: Path, opts: Options) -> None:
     if not opts.keep and not opts.workdir:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port_offset(tries: int = 200) -> int:
-    """An offset that puts every service's HTTP port (81xx + offset) on a free port."""
-    rng = random.Random()
-    for _ in range(tries):
-        off = rng.randrange(1000, 20000, 10)
-        if all(not port_open(p + off) for p in SERVICE_PORTS.values()):
-            return off
-    raise RuntimeError("no free port offset for the services' HTTP ports")
 
 
 async def reset_streams(nats_url: str) -> None:

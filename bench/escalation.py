@@ -27,7 +27,7 @@ from typing import Any
 import nats
 
 from shared.contract.subjects import DIRECTORY_LOAD, SERVICE_ACCESS, case_event
-from shared.launcher import Stack, StackConfig
+from shared.launcher import Stack, StackConfig, free_port_offset
 
 from .common import (
     Options,
@@ -37,7 +37,6 @@ from .common import (
     consumer_backlog,
     drop_databases,
     error_row,
-    free_port_offset,
     log,
     not_available,
     parse_time,

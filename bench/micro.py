@@ -17,7 +17,7 @@ from typing import Any
 import nats
 
 from shared.contract.subjects import STATS_QUERY
-from shared.launcher import Stack, StackConfig
+from shared.launcher import Stack, StackConfig, free_port_offset
 
 from .adapters import dispatch_matcher, load_stats, stats_loader
 from .common import (
@@ -26,7 +26,6 @@ from .common import (
     command,
     drop_databases,
     error_row,
-    free_port_offset,
     iso,
     log,
     not_available,

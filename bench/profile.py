@@ -111,14 +111,13 @@ async def _drive(service: str, seconds: float, rate: float, tool: str) -> Path:
 
     from shared.contract.subjects import DIRECTORY_LOAD, INTAKE_REPORT
     from shared.embedded import Child
-    from shared.launcher import Stack, StackConfig
+    from shared.launcher import Stack, StackConfig, free_port_offset
 
     from .common import (
         Infra,
         Options,
         Pacer,
         command,
-        free_port_offset,
         make_workdir,
         remove_workdir,
     )

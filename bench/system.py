@@ -426,7 +426,7 @@ async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: floa
 
     await reset_streams(nats_url)
     await drop_databases(mongodb_url, DB_PREFIX)
-    from .common import free_port_offset
+    from shared.launcher import free_port_offset
 
     cfg = StackConfig(
         data=workdir / "stack-system",

@@ -95,14 +95,35 @@ class Child:
             self.proc.wait(timeout=5)
 
 
-def wait_until(check, timeout: float, what: str, interval: float = 0.1) -> None:
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class StartCancelled(Exception):
+    """A wait was given up because a stop was requested."""
+
+
+def wait_until(
+    check, timeout: float, what: str, interval: float = 0.1, *, child: Child | None = None, cancelled=None
+) -> None:
+    """Poll `check` until it is true; a `child` that exits meanwhile fails at once, with its log,
+    and `cancelled()` turning true gives up at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if cancelled is not None and cancelled():
+            raise StartCancelled(what)
         try:
             if check():
                 return
         except Exception:
             pass
+        if child is not None and not child.alive():
+            code = child.proc.returncode if child.proc else None
+            raise RuntimeError(f"{what} exited (code {code}); {child.log_path} ends:\n{child.log_tail()}")
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready within {timeout:.0f}s")
 

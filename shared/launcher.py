@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from .contract.subjects import SERVICE_PORTS, SERVICES
 from .embedded import (
     Child,
+    StartCancelled,
     free_port,
     mongo_healthy,
     mongo_url,
@@ -61,6 +63,11 @@ class Stack:
     nats_url: str = ""
     mongodb_url: str = ""
     nats_monitor: int | None = None
+    # set from a signal handler: start-up waits give up, so a stop never sits out a start
+    cancelled: bool = False
+
+    def _cancelled(self) -> bool:
+        return self.cancelled
 
     @property
     def logs(self) -> Path:
@@ -85,7 +92,7 @@ class Stack:
             self.nats = nats_server(cfg.data / "nats", port, monitor, self.logs / "nats.log").start()
             self.nats_monitor = monitor
             self.nats_url = f"nats://127.0.0.1:{port}"
-            wait_until(lambda: nats_healthy(monitor), 20, "nats-server")
+            wait_until(lambda: nats_healthy(monitor), 20, "nats-server", child=self.nats, cancelled=self._cancelled)
         if cfg.mongodb_url:
             self.mongodb_url = cfg.mongodb_url
         else:
@@ -93,7 +100,7 @@ class Stack:
             _require_free(port, "database")
             self.db = secantus_server(cfg.data / "db", port, self.logs / "secantusdb.log").start()
             self.mongodb_url = mongo_url(port)
-        wait_until(lambda: mongo_healthy(self.mongodb_url), 60, "database")
+        wait_until(lambda: mongo_healthy(self.mongodb_url), 60, "database", child=self.db, cancelled=self._cancelled)
         asyncio.run(self._declare_streams())
 
     async def _declare_streams(self) -> None:
@@ -143,16 +150,12 @@ class Stack:
         for service in services or self.config.services:
             child = self.services[service]
 
-            def ready(service: str = service, child: Child = child) -> bool:
-                if not child.alive():
-                    raise RuntimeError(f"{service} exited; see {child.log_path}")
+            def ready(service: str = service) -> bool:
                 with urllib.request.urlopen(self.url(service, "/health/ready"), timeout=1) as r:  # noqa: S310
                     return r.status == 200
 
             try:
-                wait_until(ready, timeout, f"{service} /health/ready")
-            except RuntimeError:
-                raise
+                wait_until(ready, timeout, f"{service} /health/ready", child=child, cancelled=self._cancelled)
             except TimeoutError as exc:
                 raise TimeoutError(f"{exc}; see {child.log_path}") from exc
 
@@ -194,6 +197,30 @@ class Stack:
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_offset(tries: int = 200) -> int:
+    """A `--port-offset` whose every port (NATS, monitoring, database, services) is free now.
+
+    All ports stay below the ephemeral range: a port the kernel may give to some outgoing
+    connection in the meantime could not be bound by a server a moment later.
+    """
+    bases = (DEFAULT_NATS_PORT, DEFAULT_NATS_MONITOR, DEFAULT_DB_PORT, *SERVICE_PORTS.values())
+    ceiling = min(_ephemeral_floor(), 65536) - max(bases) - 1
+    rng = random.Random()
+    for _ in range(tries):
+        off = rng.randrange(1000, max(1001, ceiling), 10)
+        if all(not port_open(b + off) for b in bases):
+            return off
+    raise RuntimeError("no free port offset")
+
+
 def _redact(url: str) -> str:
     """Never print credentials embedded in a URL."""
     if "@" in url and "://" in url:
@@ -211,11 +238,9 @@ def _require_free(port: int, what: str) -> None:
 
 def run_foreground(stack: Stack, *, after_start=None) -> int:
     """Start, print the status, supervise until Ctrl-C/SIGTERM, stop in order."""
-    stop_requested = False
 
     def request_stop(signum, frame):  # noqa: ARG001
-        nonlocal stop_requested
-        stop_requested = True
+        stack.cancelled = True  # no exception from here: it could strike between spawn and bookkeeping
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
@@ -225,19 +250,21 @@ def run_foreground(stack: Stack, *, after_start=None) -> int:
         stack.start_services()
         print(stack.status_table(), flush=True)
         print(f"logs: {stack.logs}/   stop: Ctrl-C", flush=True)
-        if after_start:
+        if after_start and not stack.cancelled:
             after_start(stack)
         restarts: dict[str, int] = {}
-        while not stop_requested:
+        while not stack.cancelled:
             time.sleep(0.5)
             for name, child in list(stack.services.items()):
-                if not child.alive() and not stop_requested:
+                if not child.alive() and not stack.cancelled:
                     restarts[name] = restarts.get(name, 0) + 1
                     print(f"gridcase: {name} exited (code {child.proc.returncode}); restarting", flush=True)
                     child.stop()
                     time.sleep(min(5, restarts[name]))
                     stack.start_service(name)
         return 0
+    except StartCancelled:
+        return 130
     except (TimeoutError, RuntimeError) as exc:
         print(f"gridcase: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -251,4 +278,4 @@ def default_stack_config(**kw) -> StackConfig:
     return StackConfig(**{k: v for k, v in kw.items() if v is not None})
 
 
-__all__ = ["Stack", "StackConfig", "run_foreground", "free_port", "default_stack_config", "os"]
+__all__ = ["Stack", "StackConfig", "run_foreground", "free_port", "free_port_offset", "default_stack_config", "os"]

@@ -13,10 +13,9 @@ import pytest
 
 from demo.simulator import load_directory, simulate
 from shared.contract import subjects as s
-from shared.launcher import Stack, StackConfig
+from shared.launcher import Stack, StackConfig, free_port_offset
 
 from ..support import stream_messages
-from .test_launcher import free_offset
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +52,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 async def test_demo_for_a_minute_exercises_every_path(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    stack = Stack(StackConfig(data=tmp_path / "data", policy=policy, port_offset=free_offset()))
+    stack = Stack(StackConfig(data=tmp_path / "data", policy=policy, port_offset=free_port_offset()))
     try:
         await asyncio.to_thread(stack.start, 60)
         stats = await simulate(stack.nats_url, rate=8, duration=60, seed=11, directory=load_directory(), speed=4.0, load_directory=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,18 +14,9 @@ import pytest
 
 from shared.contract.subjects import SERVICE_PORTS
 from shared.embedded import port_open
-from shared.launcher import DEFAULT_DB_PORT, DEFAULT_NATS_MONITOR, DEFAULT_NATS_PORT
+from shared.launcher import free_port_offset
 
 pytestmark = pytest.mark.e2e
-
-
-def free_offset() -> int:
-    for _ in range(50):
-        off = random.randint(20000, 30000)
-        ports = [p + off for p in (DEFAULT_NATS_PORT, DEFAULT_NATS_MONITOR, DEFAULT_DB_PORT, *SERVICE_PORTS.values())]
-        if all(p < 65000 and not port_open(p) for p in ports):
-            return off
-    raise RuntimeError("no free port range")
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -70,9 +60,33 @@ def alive(pid: int) -> bool:
         return False
 
 
+def log_tails(data: Path, lines: int = 8) -> str:
+    """The end of every process log, to see why a start was slow."""
+    out = []
+    for log in sorted((data / "logs").glob("*.log")):
+        out.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(out)
+
+
+def processes_of(data: Path) -> list[int]:
+    """Live processes started for this data dir (by command line or GRIDCASE_DATA_DIR)."""
+    needle = str(data.resolve()).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "cmdline").read_bytes() or needle in (proc / "environ").read_bytes():
+                if alive(int(proc.name)):
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.timeout(180)
 def test_up_is_ready_quickly_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
-    offset = free_offset()
+    offset = free_port_offset()
     for attempt in (1, 2):  # the second start reuses the data
         t0 = time.monotonic()
         proc = start(tmp_path / "data", offset)
@@ -85,7 +99,7 @@ def test_up_is_ready_quickly_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) ->
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 time.sleep(0.2)
             ready_after = time.monotonic() - t0
-            assert ready_after < 20, f"not ready within 20 s (attempt {attempt})"
+            assert ready_after < 20, f"not ready within 20 s (attempt {attempt})\n{log_tails(tmp_path / 'data')}"
             for u in urls.values():
                 assert get(u + "/health/live")[0] == 200
                 status, body = get(u + "/metrics")
@@ -104,3 +118,22 @@ def test_up_is_ready_quickly_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) ->
         assert not [p for p in pids if alive(p)], f"processes left behind: {out}"
         assert not any(port_open(p + offset) for p in SERVICE_PORTS.values())
         assert (tmp_path / "data" / "logs" / "routing.log").exists()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("started", ["secantusdb", "stats"])
+def test_ctrl_c_while_starting_stops_at_once(tmp_path: Path, started: str) -> None:
+    """A Ctrl-C before everything is ready does not sit out the start: everything stops."""
+    data = tmp_path / "data"
+    proc = start(data, free_port_offset())
+    deadline = time.monotonic() + 20
+    while not (data / "logs" / f"{started}.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    t_stop = time.monotonic()
+    out, _ = proc.communicate(timeout=20)
+    assert time.monotonic() - t_stop < 10, out
+    assert "gridcase: stopped" in out, out
+    time.sleep(0.3)
+    assert processes_of(data) == [], out

@@ -5,7 +5,7 @@ scenario, so the floor is measured on the same servers as the system), runs the 
 scenarios in order, tidies up after each, and writes bench/results/latest.{json,md}.
 
 Scenarios: floor (0), throughput (1), latency (2), escalation (3), stats (4), dispatch (5),
-memory (6, sampled during 1). `throughput` implies `floor` (its ratio needs it).
+memory (6, sampled during 1), intake alone (7, issue 3). `throughput` implies `floor` (its ratio needs it).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 from .common import Infra, Options, Row, error_row, log, make_workdir, remove_workdir
 from .report import write
 
-ALL = ("floor", "throughput", "latency", "memory", "escalation", "stats", "dispatch")
-ALIASES = {"0": "floor", "1": "throughput", "2": "latency", "3": "escalation", "4": "stats", "5": "dispatch", "6": "memory",
+ALL = ("floor", "intake", "throughput", "latency", "memory", "escalation", "stats", "dispatch")
+ALIASES = {"0": "floor", "1": "throughput", "2": "latency", "3": "escalation", "4": "stats", "5": "dispatch", "6": "memory", "7": "intake",
            "system": "throughput,latency,memory"}
 
 
 def parse(argv: list[str] | None) -> Options:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", help=f"comma-separated subset of {', '.join(ALL)} (or 0–6)")
+    ap.add_argument("--only", help=f"comma-separated subset of {', '.join(ALL)} (or 0–7)")
     ap.add_argument("--quick", action="store_true", help="short durations and small N (a smoke run, ~4 min)")
     ap.add_argument("--profile", default="", help="comma-separated services to profile with py-spy during scenario 1")
     ap.add_argument("--escalation-n", type=int, help="cases for scenario 3 (default 100000; quick 3000)")
@@ -52,6 +52,7 @@ def parse(argv: list[str] | None) -> Options:
 async def run(opts: Options, work: Path) -> list[Row]:
     from .escalation import run_escalation
     from .floor import run_floor
+    from .intake import run_intake
     from .micro import run_dispatch_match, run_stats_query
     from .system import run_system
 
@@ -66,6 +67,8 @@ async def run(opts: Options, work: Path) -> list[Row]:
             row = await run_floor(infra.nats_url, infra.mongodb_url, opts)
             rows.append(row)
             floor = row.figure
+        if "intake" in want:
+            rows += await _guard(run_intake(infra.nats_url, infra.mongodb_url, opts, work, infra.pids), "7 intake")
         sys_want = want & {"throughput", "latency", "memory"}
         if sys_want:
             rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, opts, floor, work, sys_want, infra.pids), "1 throughput")

@@ -49,6 +49,20 @@ class Coalescer(Generic[T, R]):
             self._timer = loop.call_later(self.max_delay, self._start_flush)
         return await fut
 
+    async def submit_many(self, items: Sequence[T]) -> list[R | Exception]:
+        """Submit a burst that is already complete (a fetched batch): it flushes at once.
+        An item that failed has its exception in its place."""
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[R]] = []
+        for item in items:
+            fut: asyncio.Future[R] = loop.create_future()
+            self._pending.append((item, fut))
+            futures.append(fut)
+        self._start_flush()
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
     def _start_flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

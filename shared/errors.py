@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 
 
 class BadMessage(Exception):
@@ -39,6 +40,23 @@ class NotFound(DomainError):
 
 class Conflict(Exception):
     """A version-guarded write lost a race; the caller reloads and tries again."""
+
+
+# WriteConflict, NoSuchTransaction (the transaction was aborted under us)
+RACE_CODES = frozenset({112, 251})
+
+
+def lost_race(exc: BaseException) -> bool:
+    """Another writer got there first — a version guard (`Conflict`) or a transaction write
+    conflict: load again, decide again, save again."""
+    if isinstance(exc, Conflict):
+        return True
+    if not isinstance(exc, PyMongoError):
+        return False
+    if exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) in RACE_CODES:
+        return True
+    errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
+    return any(e.get("code") in RACE_CODES for e in errors)
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:

@@ -2,8 +2,12 @@
 
 A unit of work runs in one MongoDB transaction: the service's writes plus one outbox
 document holding the events they produce. After commit the events are published with
-`Nats-Msg-Id` and the outbox document is deleted. `OutboxRelay` republishes anything left
-behind by a crash between commit and publish; JetStream's duplicate window drops repeats.
+`Nats-Msg-Id`; published documents are deleted in batches a moment later (one `delete_many`
+for many units of work). The relay republishes anything left behind by a crash between
+commit and publish (or before the delete); JetStream's duplicate window drops repeats.
+
+Outbox `_id`s are ULIDs, so "older than" is an `_id` range: no secondary index to maintain
+on every unit of work.
 """
 
 from __future__ import annotations
@@ -16,14 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.operations import IndexModel
 from ulid import ULID
 
 from .contract.envelope import Envelope
-from .db import Indexes
 from .logs import log
 from .messaging import EventPublisher
 
@@ -49,10 +51,8 @@ class Outbox:
         self.publisher = publisher
         # Test hook: simulate a crash between commit and publish.
         self.crash_after_commit = False
-
-    @staticmethod
-    def declare(indexes: Indexes) -> None:
-        indexes.add(OUTBOX, IndexModel([("created_at", ASCENDING)]))
+        self._published: list[str] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
@@ -85,11 +85,29 @@ class Outbox:
         except Exception as exc:  # the relay will retry; the state change is safe
             log(logger, logging.WARNING, "publish deferred to relay", outbox=entry["_id"], error=type(exc).__name__)
             return
-        await self.collection.delete_one({"_id": entry["_id"]})
+        self._published.append(entry["_id"])
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self, pause: float = 0.05) -> None:
+        """Delete published entries, many per statement, until none are waiting."""
+        while self._published:
+            await asyncio.sleep(pause)  # let more units of work finish meanwhile
+            await self.flush_published()
+
+    async def flush_published(self) -> None:
+        ids, self._published = self._published, []
+        if not ids:
+            return
+        try:
+            await self.collection.delete_many({"_id": {"$in": ids}})
+        except Exception as exc:  # left for the relay: it republishes (deduplicated) and deletes
+            log(logger, logging.WARNING, "outbox cleanup deferred", entries=len(ids), error=type(exc).__name__)
 
     async def relay_once(self, *, older_than: timedelta = timedelta(seconds=3), limit: int = 200) -> int:
-        cutoff = datetime.now(UTC) - older_than
-        entries = await self.collection.find({"created_at": {"$lte": cutoff}}).sort("created_at", 1).limit(limit).to_list()
+        # a ULID starts with its millisecond timestamp: ids below this bound are older than the cutoff
+        bound = str(ULID.from_datetime(datetime.now(UTC) - older_than))[:10]
+        entries = await self.collection.find({"_id": {"$lt": bound}}).sort("_id", 1).limit(limit).to_list()
         for entry in entries:
             await self._publish(entry)
         if entries:

@@ -7,11 +7,17 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .contract.subjects import instance_of
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDCASE_", extra="ignore")
 
     service: str = Field(default="intake", description="which service this process runs")
+    # Instance id of a replicated read model (stats): its durables and its database carry it,
+    # so each replica reads every event into a projection of its own (k8s: the pod name).
+    # Empty (the default) and ignored by every other service: shared durables and database.
+    instance: str = Field(default="", pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")
     nats_url: str = "nats://127.0.0.1:4222"
     mongodb_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     database_prefix: str = "gridcase"
@@ -39,5 +45,11 @@ class Settings(BaseSettings):
     timer_poll_s: float = Field(default=0.25, gt=0)
     outbox_relay_s: float = Field(default=1.0, gt=0)
 
+    def instance_of(self, service: str | None = None) -> str:
+        """This process's instance id for `service`: `""` unless it is a replicated read model."""
+        return instance_of(service or self.service, self.instance)
+
     def database_name(self, service: str | None = None) -> str:
-        return f"{self.database_prefix}_{service or self.service}"
+        service = service or self.service
+        instance = self.instance_of(service)
+        return f"{self.database_prefix}_{service}" + (f"_{instance}" if instance else "")

@@ -3,10 +3,12 @@
     python -m deploy.k8s.render            # rewrite k8s/base/generated/*.yaml
     python -m deploy.k8s.render --check    # exit 1 when a committed file is stale
 
-Streams, durable consumers (NACK), KEDA triggers and the Deployments' ports all come from
+Streams, durable consumers (NACK), KEDA triggers and the workloads' ports all come from
 ``shared.contract.subjects`` (STREAMS, SERVICE_ACCESS, SERVICE_PORTS), so that a new
-durable in the contract cannot be forgotten in the cluster. The kustomization files and the
-infrastructure resources (NetworkPolicies, MongoDBCommunity, ...) are written by hand.
+durable in the contract cannot be forgotten in the cluster. A replicated read model (stats)
+runs as a StatefulSet of its declared instances, each with NACK consumers of its own. The
+kustomization files and the infrastructure resources (NetworkPolicies, MongoDBCommunity,
+...) are written by hand.
 """
 
 from __future__ import annotations
@@ -50,9 +52,20 @@ def k8s_name(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-# Stats keeps its KPI rollups in memory (queries in milliseconds over a million cases), so it
-# runs as one active instance: one replica, replaced (not rolled) on update, not scaled on lag.
-SINGLE_INSTANCE = {"stats"}
+# A replicated read model (stats: KPI rollups in memory) runs its declared instances as a
+# StatefulSet: each pod's name is its instance id (GRIDCASE_INSTANCE), so its durables and its
+# database are its own, and each pod reads every event. Not scaled on lag (an instance more
+# needs consumers of its own: add it to `instances` in the contract and re-render).
+REPLICATED = {name for name, access in SERVICE_ACCESS.items() if access.replicated}
+
+
+def instances(service: str) -> tuple[str, ...]:
+    """The StatefulSet's pod names, which must be the contract's instance ids."""
+    declared = SERVICE_ACCESS[service].instances
+    pods = tuple(f"{service}-{i}" for i in range(len(declared)))
+    if not declared or declared != pods:
+        raise SystemExit(f"{service}: instances must be the StatefulSet's pod names {pods}, not {declared}")
+    return declared
 
 
 def labels(service: str) -> dict:
@@ -82,44 +95,53 @@ def streams() -> list[dict]:
     ]
 
 
-def consumer_filters(service: str) -> dict[tuple[str, str], list[str]]:
+def consumer_filters(service: str, instance: str = "") -> dict[tuple[str, str], list[str]]:
     access = SERVICE_ACCESS[service]
     from shared.contract.subjects import stream_for
 
-    if len(access.durables) == len(access.consumes):  # one durable per consumed subject
-        return {d: [s] for d, s in zip(access.durables, access.consumes, strict=True)}
-    return {d: [s for s in access.consumes if stream_for(s).name == d[0]] for d in access.durables}
+    durables = access.durables_of(instance)
+    if len(durables) == len(access.consumes):  # one durable per consumed subject
+        return {d: [s] for d, s in zip(durables, access.consumes, strict=True)}
+    return {d: [s for s in access.consumes if stream_for(s).name == d[0]] for d in durables}
+
+
+def deployed_instances(service: str) -> tuple[str, ...]:
+    """`("",)` (shared durables) for a scaled service, its instance ids for a replicated one."""
+    return instances(service) if service in REPLICATED else ("",)
 
 
 def consumers() -> list[dict]:
     out = []
     for service in SERVICE_ACCESS:
-        for (stream, durable), filters in consumer_filters(service).items():
-            spec = {
-                "streamName": stream,
-                "durableName": durable,
-                "description": f"{service}: {', '.join(filters)}",
-                "deliverPolicy": "all",
-                "ackPolicy": "explicit",
-                "ackWait": ACK_WAIT,
-                "maxDeliver": MAX_DELIVER,
-                "backoff": BACKOFF,
-                "maxAckPending": 1024,  # = shared.messaging ConsumerSpec at the default fetch_batch
-                "replicas": 3,
-            }
-            if len(filters) == 1:
-                spec["filterSubject"] = filters[0]
-            else:
-                spec["filterSubjects"] = filters
-            out.append(
-                {
-                    "apiVersion": "jetstream.nats.io/v1beta2",
-                    "kind": "Consumer",
-                    "metadata": {"name": durable, "labels": labels(service)},
-                    "spec": spec,
-                }
-            )
+        for instance in deployed_instances(service):
+            out += [consumer(service, instance, d, f) for d, f in consumer_filters(service, instance).items()]
     return out
+
+
+def consumer(service: str, instance: str, durable_of: tuple[str, str], filters: list[str]) -> dict:
+    stream, durable = durable_of
+    spec = {
+        "streamName": stream,
+        "durableName": durable,
+        "description": f"{service}{f' ({instance})' if instance else ''}: {', '.join(filters)}",
+        "deliverPolicy": "all",
+        "ackPolicy": "explicit",
+        "ackWait": ACK_WAIT,
+        "maxDeliver": MAX_DELIVER,
+        "backoff": BACKOFF,
+        "maxAckPending": 1024,  # = shared.messaging ConsumerSpec at the default fetch_batch
+        "replicas": 3,
+    }
+    if len(filters) == 1:
+        spec["filterSubject"] = filters[0]
+    else:
+        spec["filterSubjects"] = filters
+    return {
+        "apiVersion": "jetstream.nats.io/v1beta2",
+        "kind": "Consumer",
+        "metadata": {"name": durable, "labels": labels(service)},
+        "spec": spec,
+    }
 
 
 def env_from_secret(name: str, secret: str, key: str) -> dict:
@@ -137,24 +159,37 @@ def deployment(service: str) -> dict:
     ]
     if service == "intake":
         env.append(env_from_secret("GRIDCASE_INTAKE_KEY", "gridcase-intake", "intake-key"))
+    if service in REPLICATED:  # the pod name (stats-0, stats-1, ...) is the instance id
+        env.append({"name": "GRIDCASE_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     probe = {
         "httpGet": {"path": "/health/live", "port": "http"},
         "periodSeconds": 10,
         "timeoutSeconds": 2,
     }
+    if service in REPLICATED:
+        kind = "StatefulSet"
+        rollout = {
+            "replicas": len(instances(service)),
+            # instances are independent: started together, rolled one at a time (the other serves)
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "serviceName": service,  # no per-pod DNS is needed: the ClusterIP Service is enough
+        }
+    else:
+        kind = "Deployment"
+        rollout = {
+            "replicas": 2,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        }
     return {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": kind,
         "metadata": {"name": service, "labels": labels(service)},
         "spec": {
-            "replicas": 1 if service in SINGLE_INSTANCE else 2,
+            "replicas": rollout.pop("replicas"),
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": {"app.kubernetes.io/name": service}},
-            "strategy": (
-                {"type": "Recreate"}
-                if service in SINGLE_INSTANCE
-                else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
-            ),
+            **rollout,
             "template": {
                 "metadata": {
                     "labels": labels(service),
@@ -294,7 +329,7 @@ def outputs() -> dict[Path, str]:
     }
     for service in SERVICE_ACCESS:
         docs = [deployment(service), service_resource(service), pdb(service)]
-        if service not in SINGLE_INSTANCE:
+        if service not in REPLICATED:
             docs.append(scaled_object(service))
         out[OUT / f"{service}.yaml"] = dump(docs)
     return out

@@ -86,8 +86,10 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
 
 
 def service_permissions(access: ServiceAccess) -> Permissions:
-    """What one service's NATS user may do, derived from its contract entry."""
-    durables = access.durables
+    """What one service's NATS user may do, derived from its contract entry. A replicated
+    read model may use the unsuffixed durables (one instance: compose, dev) and those of each
+    declared instance (k8s)."""
+    durables = (*access.durables, *access.instance_durables)
     consumed_streams = _unique(stream for stream, _ in durables)
     published_streams = _unique(stream_for(s).name for s in access.publishes)
     js_api = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]

@@ -34,6 +34,7 @@ def register(rt: Runtime) -> None:
     svc = Dispatch(rt)
     rt.dispatch = svc  # type: ignore[attr-defined]  # for tests and the benchmark
     DispatchStore.declare(rt.indexes)
+    rt.on_start.append(svc.listen_for_volunteers)  # before the load: nothing falls in between
     rt.on_start.append(svc.load)
     poller = DuePoller(rt.db[TASKS], svc.on_due, interval=rt.settings.timer_poll_s)
     rt.background.append(poller.run_forever)

@@ -9,6 +9,7 @@ taking the last place at once end with exactly one winner and a clear refusal fo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -109,6 +110,22 @@ class Dispatch:
         states = await self.store.load_registry(now_utc())
         self.registry.reset(states)
         log(logger, logging.INFO, "volunteer registry loaded", volunteers=len(states))
+
+    async def listen_for_volunteers(self) -> None:
+        """Every replica hears `volunteer_registered` (a core subscription, not the shared
+        durable), so a volunteer registered through another replica is matched at once, not
+        only after the next refresh."""
+
+        async def on_registered(msg: Any) -> None:
+            try:
+                doc = await self.store.get_volunteer(json.loads(msg.data)["data"]["volunteer"])
+            except Exception as exc:  # the refresh converges anyway
+                log(logger, logging.WARNING, "volunteer reload failed", error=type(exc).__name__)
+                return
+            if doc is not None:
+                self.registry.upsert(volunteer_state(doc))  # a known one keeps this replica's counters
+
+        await self.rt.messaging.nc.subscribe(subjects.dispatch_event("volunteer_registered"), cb=on_registered)
 
     async def refresh_forever(self, interval: float = 60.0) -> None:
         """Converge the in-memory registry with the database (other replicas' changes)."""

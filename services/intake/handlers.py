@@ -25,9 +25,10 @@ from shared.app import Runtime
 from shared.batching import Coalescer
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed
+from shared.contract.common import Scope
 from shared.contract.directory import DirectoryChanged
 from shared.contract.intake import Contact, ContactReply, ContactRequest, Report, ReportRejected
-from shared.errors import DomainError
+from shared.errors import DomainError, lost_race
 from shared.logs import log
 
 from . import domain
@@ -37,15 +38,6 @@ from .store import IntakeStore
 logger = logging.getLogger("gridcase.intake")
 
 MAX_ATTEMPTS = 8
-WRITE_CONFLICT = 112
-
-
-def transient(exc: PyMongoError) -> bool:
-    """A transaction that lost a race (write conflict): run it again."""
-    if exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) == WRITE_CONFLICT:
-        return True
-    errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
-    return any(e.get("code") == WRITE_CONFLICT for e in errors)
 
 
 def _only_duplicates(exc: PyMongoError) -> bool:
@@ -63,9 +55,12 @@ async def backoff(attempt: int) -> None:
 
 @dataclass
 class Pending:
+    """A valid report with its case prepared: the batched write only links and stores it."""
+
     report: Report
     envelope_id: str | None
     key: str
+    doc: dict[str, Any]
 
 
 @dataclass
@@ -145,21 +140,38 @@ class Intake:
 
     # ---- reports ---------------------------------------------------------------------------
     async def take(self, raw: bytes, subject: str) -> Outcome:
-        """The one code path for both subjects."""
-        parsed = domain.parse_report(raw, subject)
-        self.metrics.count_received(parsed.channel or "unknown")
-        if not parsed.ok:
-            return await self._reject(raw, subject, parsed)
-        report = parsed.report
-        assert report is not None
-        key = domain.report_key(report.channel.value, report.external_id)
-        outcome = await self.coalescer.submit(Pending(report, parsed.envelope_id, key))
-        channel = report.channel.value
-        if outcome.new:
-            self.metrics.accepted.labels(channel).inc()
-        elif outcome.status == "duplicate":
-            self.metrics.duplicates.labels(channel).inc()
+        """The one code path for both subjects: one report (a `submit`)."""
+        outcome = (await self.take_many([raw], subject))[0]
+        if isinstance(outcome, Exception):
+            raise outcome
         return outcome
+
+    async def take_many(self, raws: Sequence[bytes], subject: str) -> list[Outcome | Exception]:
+        """Reports in arrival order (a fetched batch): the valid ones share one batched write.
+        A report that could not be stored has the exception in its place (retry that one)."""
+        outcomes: list[Outcome | Exception | None] = [None] * len(raws)
+        valid: list[tuple[int, Pending]] = []
+        for i, raw in enumerate(raws):
+            parsed = domain.parse_report(raw, subject)
+            self.metrics.count_received(parsed.channel or "unknown")
+            if not parsed.ok:
+                outcomes[i] = await self._reject(raw, subject, parsed)
+                continue
+            report = parsed.report
+            assert report is not None
+            key = domain.report_key(report.channel.value, report.external_id)
+            valid.append((i, Pending(report, parsed.envelope_id, key, self._case_doc(report, parsed.envelope_id, key))))
+        results = await self.coalescer.submit_many([p for _, p in valid])
+        for (i, pending), outcome in zip(valid, results, strict=True):
+            outcomes[i] = outcome
+            if isinstance(outcome, Exception):
+                continue
+            channel = pending.report.channel.value
+            if outcome.new:
+                self.metrics.accepted.labels(channel).inc()
+            elif outcome.status == "duplicate":
+                self.metrics.duplicates.labels(channel).inc()
+        return outcomes  # type: ignore[return-value]  # every slot is filled above
 
     async def _reject(self, raw: bytes, subject: str, parsed: domain.Parsed) -> Outcome:
         qid = domain.quarantine_id(raw, parsed.envelope_id, subject)
@@ -187,7 +199,7 @@ class Intake:
             except DuplicateKeyError:
                 break  # this very envelope was quarantined and announced already
             except PyMongoError as exc:
-                if not transient(exc) or attempt == MAX_ATTEMPTS:
+                if not lost_race(exc) or attempt == MAX_ATTEMPTS:
                     raise
                 await backoff(attempt)
             else:
@@ -195,9 +207,26 @@ class Intake:
                 break
         return Outcome("rejected", quarantine_id=qid, errors=errors)
 
-    async def _flush(self, items: Sequence[Pending]) -> list[Outcome]:
-        """One batch: repeats answered from the store, new reports inserted with their events."""
+    async def _flush(self, items: Sequence[Pending]) -> list[Outcome | Exception]:
+        """One batch: repeats answered from the store, new reports inserted with their events.
+
+        A batch that keeps losing races is halved until the reports at fault stand alone — e.g.
+        keys still locked by the transaction of a process that was killed (the database frees
+        them only when it reaps that transaction): only those are retried later, not their
+        whole batch."""
         self.metrics.flush.observe(len(items))
+        return await self._store_isolating(items, MAX_ATTEMPTS)
+
+    async def _store_isolating(self, items: Sequence[Pending], attempts: int) -> list[Outcome | Exception]:
+        try:
+            return await self._store_batch(items, attempts)
+        except PyMongoError as exc:
+            if not lost_race(exc) or len(items) == 1:
+                return [exc] * len(items)
+        half = len(items) // 2  # halves get fewer attempts: the search must not take long
+        return [*await self._store_isolating(items[:half], 2), *await self._store_isolating(items[half:], 2)]
+
+    async def _store_batch(self, items: Sequence[Pending], attempts: int) -> list[Outcome | Exception]:
         first: dict[str, int] = {}
         for i, item in enumerate(items):
             first.setdefault(item.key, i)
@@ -208,7 +237,7 @@ class Intake:
         # about (the last batch had some), read the keys first: an aborted batch costs more.
         if self._repeats_seen:
             known = await self.store.existing(keys)
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             fresh = [items[i] for i in first.values() if items[i].key not in known]
             try:
                 created = await self._insert(fresh)
@@ -218,11 +247,11 @@ class Intake:
                     # another replica (or an earlier delivery) stored some of these: read them back
                     known.update(await self.store.existing(keys))
                     continue
-                if not transient(exc) or attempt == MAX_ATTEMPTS:
+                if not lost_race(exc) or attempt == attempts:
                     raise
                 await backoff(attempt)
         else:
-            raise RuntimeError("report batch kept conflicting")
+            raise RuntimeError("report batch kept meeting stored duplicates")
         self._repeats_seen = bool(known) or len(first) < len(items)
         results = []
         for i, item in enumerate(items):
@@ -235,51 +264,55 @@ class Intake:
             results.append(Outcome("accepted" if same else "duplicate", stored["case_id"]))
         return results
 
+    def _case_doc(self, report: Report, envelope_id: str | None, key: str) -> dict[str, Any]:
+        """The stored report of a new case — everything but its link to an earlier one. Built
+        before the batched write (the next batch is prepared while one is being written)."""
+        scope = domain.scope_of(report, self.directory)
+        contact = domain.contact_of(report)
+        return {
+            "_id": key,
+            "case_id": domain.new_case_id(),
+            "envelope_id": envelope_id,
+            "channel": report.channel.value,
+            "external_id": report.external_id,
+            "category": report.category.value,
+            "priority": report.priority.value,
+            "reported_at": report.reported_at,
+            "received_at": datetime.now(UTC),
+            "link_key": domain.link_key(report),
+            "open": True,
+            "duplicate_of": None,
+            "district": scope.district,
+            "community": scope.community,
+            "grid": scope.grid,
+            "assignee": None,
+            "assigned_version": 0,
+            "contact": self.privacy.seal(contact),
+            "phone_hashes": [self.privacy.match_hash(p) for p in domain.phones_of(contact)],
+        }
+
     async def _insert(self, fresh: Sequence[Pending]) -> dict[str, dict[str, Any]]:
         if not fresh:
             return {}
         now = datetime.now(UTC)
-        link_keys = {item.key: domain.link_key(item.report) for item in fresh}
         open_cases = await self.store.open_cases(
-            [k for k in link_keys.values() if k], now - domain.LINK_WINDOW
+            [lk for item in fresh if (lk := item.doc["link_key"])], now - domain.LINK_WINDOW
         )
         docs: list[dict[str, Any]] = []
         events = []
         out: dict[str, dict[str, Any]] = {}
-        directory = self.directory
         for item in fresh:
-            report = item.report
-            case_id = domain.new_case_id()
-            lk = link_keys[item.key]
-            dup = domain.duplicate_of(open_cases.get(lk, ()), now) if lk else None
+            doc = item.doc
+            lk = doc["link_key"]
+            doc["duplicate_of"] = domain.duplicate_of(open_cases.get(lk, ()), now) if lk else None
             if lk:  # later reports of this batch link to this one when nothing older is open
-                open_cases.setdefault(lk, []).append(domain.OpenCase(case_id, now))
-            scope = domain.scope_of(report, directory)
-            contact = domain.contact_of(report)
-            event = domain.case_received(report, case_id=case_id, at=now, scope=scope, duplicate_of=dup)
-            doc = {
-                "_id": item.key,
-                "case_id": case_id,
-                "envelope_id": item.envelope_id,
-                "channel": report.channel.value,
-                "external_id": report.external_id,
-                "category": report.category.value,
-                "priority": report.priority.value,
-                "reported_at": report.reported_at,
-                "received_at": now,
-                "link_key": lk,
-                "open": True,
-                "duplicate_of": dup,
-                "district": scope.district,
-                "community": scope.community,
-                "grid": scope.grid,
-                "assignee": None,
-                "assigned_version": 0,
-                "contact": self.privacy.seal(contact),
-                "phone_hashes": [self.privacy.match_hash(p) for p in domain.phones_of(contact)],
-            }
+                open_cases.setdefault(lk, []).append(domain.OpenCase(doc["case_id"], doc["received_at"]))
+            scope = Scope(district=doc["district"], community=doc["community"], grid=doc["grid"])
+            event = domain.case_received(
+                item.report, case_id=doc["case_id"], at=doc["received_at"], scope=scope, duplicate_of=doc["duplicate_of"]
+            )
             docs.append(doc)
-            events.append(self.rt.event(s.case_event("received"), event, subject=case_id))
+            events.append(self.rt.event(s.case_event("received"), event, subject=doc["case_id"]))
             out[item.key] = doc
         async with self.rt.outbox.unit_of_work() as uow:
             await self.store.insert_reports(docs, uow.session)

@@ -1,8 +1,10 @@
 """Intake's own database: reports (one per idempotency key), quarantine, contact audit, directory.
 
 `reports._id` is `<channel>:<external_id>`, so MongoDB's unique `_id` makes one case per key
-even with replicas racing. Two secondary indexes only (the hot path is `insert_many`):
-`case_id` (assignment, closure, contact look-up) and `(link_key, received_at)` (linking).
+even with replicas racing. One secondary index only, `case_id` (assignment, closure, contact
+look-up): every index costs each insert on the hot path. Duplicate linking reads `links`, one
+small document per place and category (`_id` = the link key) holding its latest cases, so it
+is found by `_id` and written only for reports that name a place.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from shared.db import Indexes
 from .domain import DirectoryView, OpenCase
 
 REPORTS = "reports"
+LINKS = "links"
+LINKS_KEPT = 20  # latest cases per place and category; older ones are past the window anyway
 QUARANTINE = "quarantine"
 AUDIT = "contact_audit"
 DIRECTORY = "directory"
@@ -31,6 +35,7 @@ class IntakeStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.db = db
         self.reports = db[REPORTS]
+        self.links = db[LINKS]
         self.quarantine = db[QUARANTINE]
         self.audit = db[AUDIT]
         self.directory = db[DIRECTORY]
@@ -40,7 +45,6 @@ class IntakeStore:
         indexes.add(
             REPORTS,
             IndexModel([("case_id", ASCENDING)], unique=True, name="case_id"),
-            IndexModel([("link_key", ASCENDING), ("received_at", ASCENDING)], name="link"),
         )
 
     # ---- reports --------------------------------------------------------------------------
@@ -52,20 +56,36 @@ class IntakeStore:
         return {d["_id"]: d async for d in cursor}
 
     async def open_cases(self, link_keys: Iterable[str], since: datetime) -> dict[str, list[OpenCase]]:
+        """Link key → the cases of that place and category received since `since` and still open."""
         keys = sorted(set(link_keys))
         if not keys:
             return {}
-        cursor = self.reports.find(
-            {"link_key": {"$in": keys}, "received_at": {"$gte": since}, "open": True},
-            {"link_key": 1, "case_id": 1, "received_at": 1},
-        )
-        out: dict[str, list[OpenCase]] = {}
-        async for d in cursor:
-            out.setdefault(d["link_key"], []).append(OpenCase(d["case_id"], d["received_at"]))
-        return out
+        recent: dict[str, list[OpenCase]] = {}
+        async for d in self.links.find({"_id": {"$in": keys}}):
+            cases = [OpenCase(c["case_id"], c["at"]) for c in d.get("cases", ())]
+            recent[d["_id"]] = [c for c in cases if c.received_at >= since]
+        ids = [c.case_id for cs in recent.values() for c in cs]
+        if not ids:
+            return {}
+        still_open = {d["case_id"] async for d in self.reports.find({"case_id": {"$in": ids}, "open": True}, {"case_id": 1})}
+        return {k: kept for k, cs in recent.items() if (kept := [c for c in cs if c.case_id in still_open])}
 
     async def insert_reports(self, docs: Sequence[dict[str, Any]], session: AsyncClientSession) -> None:
+        """The reports, and each under its place and category for linking (one transaction)."""
         await self.reports.insert_many(list(docs), ordered=False, session=session)
+        linked: dict[str, list[dict[str, Any]]] = {}
+        for d in docs:
+            if d.get("link_key"):
+                linked.setdefault(d["link_key"], []).append({"case_id": d["case_id"], "at": d["received_at"]})
+        if linked:
+            await self.links.bulk_write(
+                [
+                    UpdateOne({"_id": k}, {"$push": {"cases": {"$each": cases, "$slice": -LINKS_KEPT}}}, upsert=True)
+                    for k, cases in linked.items()
+                ],
+                ordered=False,
+                session=session,
+            )
 
     async def by_case(self, case_id: str) -> dict[str, Any] | None:
         return await self.reports.find_one({"case_id": case_id})

@@ -17,7 +17,7 @@ from shared.contract import subjects
 from shared.contract.case import CaseReceived, case_reply
 from shared.contract.directory import Directory, DirectoryChanged
 from shared.contract.envelope import Envelope
-from shared.errors import BadMessage, Conflict, DomainError
+from shared.errors import BadMessage, Conflict, DomainError, lost_race
 from shared.locks import KeyedLocks
 from shared.logs import log
 
@@ -34,13 +34,6 @@ RETRIES = 8
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def lost_race(exc: BaseException) -> bool:
-    """A version guard or a transaction write conflict: reload and decide again."""
-    if isinstance(exc, Conflict):
-        return True
-    return isinstance(exc, PyMongoError) and exc.has_error_label("TransientTransactionError")
 
 
 class Routing:

@@ -1,6 +1,6 @@
 """`gridcase stats …` tools.
 
-  gridcase stats rebuild [--nats-url URL] [--mongodb-url URL]
+  gridcase stats rebuild [--nats-url URL] [--mongodb-url URL] [--instance ID]
 
 `rebuild` drops the stats projections (facts, cells, aux) and replays the case, mediation,
 dispatch and directory streams from their first message (an ephemeral, unacknowledged pull
@@ -8,6 +8,10 @@ consumer per stream, deliver all) up to the last message present when it started
 the same folding code as the live service. It then bumps the projection generation; a
 running stats service notices within seconds and reloads. Events that arrive during the
 rebuild are applied by the live service as usual (folding is idempotent).
+
+Stats replicas are independent instances, each with a database of its own: `rebuild` targets
+the instance named by `--instance` (default `GRIDCASE_INSTANCE`, as the service itself; empty:
+the single, unsuffixed `gridcase_stats`). Rebuild each instance in turn.
 """
 
 from __future__ import annotations
@@ -129,10 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("--nats-url", default=defaults.nats_url)
     rb.add_argument("--mongodb-url", default=defaults.mongodb_url)
     rb.add_argument("--database-prefix", default=defaults.database_prefix)
+    rb.add_argument("--instance", default=defaults.instance, help="the stats instance to rebuild (default: GRIDCASE_INSTANCE)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    settings = defaults.model_copy(
-        update={"nats_url": args.nats_url, "mongodb_url": args.mongodb_url, "database_prefix": args.database_prefix}
+    settings = Settings(
+        **{
+            **defaults.model_dump(),
+            "nats_url": args.nats_url,
+            "mongodb_url": args.mongodb_url,
+            "database_prefix": args.database_prefix,
+            "instance": args.instance,  # validated like GRIDCASE_INSTANCE
+        }
     )
     counts = asyncio.run(rebuild(settings))
-    print(json.dumps({"ok": True, "replayed": counts}))
+    print(json.dumps({"ok": True, "database": settings.database_name("stats"), "replayed": counts}))
     return 0

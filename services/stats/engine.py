@@ -4,16 +4,24 @@ One writer per process: batches (from `Coalescer` or a rebuild) are applied one 
 under a lock — load facts (LRU cache, else `find_one` by `_id`), fold with
 `projection.apply`, compute the cell deltas, commit facts + cells + aux in one transaction,
 and only then touch the in-memory rollups, cache and metrics.
+
+Queries read only memory: whole local days from the rollups (`kpis.Rollup`), and the partial
+days at either end of a window from the *day index* — every case's received time and current
+contribution, by local day — as long as the index holds every stored fact (true when the
+service started with its facts in the cache, and from then on); otherwise those partial days
+are read from the stored facts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import time
 from collections import Counter as Tally
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -27,6 +35,7 @@ from .metrics import Metrics
 from .store import StatsStore
 
 RECENT_MAX = 50
+FREEZE_ABOVE = 50_000  # cells: a rollup this big is moved out of the garbage collector's sight
 
 
 @dataclass
@@ -133,33 +142,48 @@ class StatsEngine:
         self.generation = 0
         self.lock = asyncio.Lock()
         self._answers: OrderedDict[Any, dict[str, Any]] = OrderedDict()
-        self.persist = True  # False only inside `bulk_load` (benchmarks)
+        self.persist = True  # False only while a benchmark loads synthetic cases
+        # partial days from memory: local day → case id → (received_at, dims, packed counters)
+        self.day_index: dict[str, dict[str, tuple[float, tuple[Any, ...], int]]] = {}
+        self.indexed = False  # the day index holds every stored fact's contribution (`load`)
 
     # ---- loading ------------------------------------------------------------------------
 
     async def load(self) -> None:
         """(Re)build the in-memory state from the stored projections."""
         async with self.lock:
-            self.rollup = kpis.Rollup()
-            self.cache.clear()
-            self._answers.clear()
-            for cell in await self.store.all_cells():
-                self.rollup.load_cell(cell["day"], tuple(cell["dims"]), cell["c"])
-            self.aux_totals = Tally()
-            self.aux_cache = {}
-            for doc in await self.store.all_aux():
-                self.aux_cache[doc["_id"]] = doc
-                self.aux_totals.update(aux_contribution(doc))
-            count = await self.store.count_facts()
-            self.complete = count == 0
-            if 0 < count <= self.cache_size:
-                for doc in await self.store.all_facts():
+            with _gc_paused():
+                rollup = kpis.Rollup()
+                cells = await self.store.all_cells()
+                n_cells = rollup.load_cells((cell["day"], cell["dims"], cell["c"]) for cell in cells)
+                del cells
+                aux_totals: Tally = Tally()
+                aux_cache: dict[str, dict[str, Any]] = {}
+                for doc in await self.store.all_aux():
+                    aux_cache[doc["_id"]] = doc
+                    aux_totals.update(aux_contribution(doc))
+                count = await self.store.count_facts()
+                facts = await self.store.all_facts() if 0 < count <= self.cache_size else []
+                directory = await self.store.meta("directory")
+                generation = await self.store.generation()
+                # everything read: swap the new state in at once (queries do not wait for it)
+                self.rollup, self.aux_totals, self.aux_cache = rollup, aux_totals, aux_cache
+                self._answers.clear()
+                self.cache.clear()
+                self.day_index = {}
+                for doc in facts:
                     self.cache[doc["_id"]] = doc
+                    self._index(doc["_id"], None, doc)
                 self.complete = len(self.cache) == count
-            directory = await self.store.meta("directory")
-            if directory:
-                self.directory = {k: v for k, v in directory.items() if k != "_id"}
-            self.generation = await self.store.generation()
+                self.indexed = self.complete  # every stored fact is in the day index
+                if directory:
+                    self.directory = {k: v for k, v in directory.items() if k != "_id"}
+                self.generation = generation
+            if n_cells > FREEZE_ABOVE:
+                # millions of long-lived objects would make every full collection (and so
+                # a query that triggers one) slow: collect once, then leave them out
+                gc.collect()
+                gc.freeze()
             self._publish_gauges(set(self.rollup.backlog))
 
     async def reload_if_rebuilt(self) -> bool:
@@ -183,6 +207,20 @@ class StatsEngine:
         if missing:
             out.update(await self.store.get_facts(missing))
         return out
+
+    def _index(self, case_id: str, old: Any, fact: dict[str, Any]) -> None:
+        """Move a case in the day index from its old contribution to its current one."""
+        if old is not None:
+            rows = self.day_index.get(old[0])
+            if rows is not None:
+                rows.pop(case_id, None)
+                if not rows:
+                    del self.day_index[old[0]]
+        new = fact.get("contrib")
+        if new is not None and fact.get("received_at") is not None:
+            self.day_index.setdefault(new[0], {})[case_id] = (
+                fact["received_at"], self.rollup.dims_key(new[1]), kpis.pack(new[2])
+            )
 
     def _remember(self, fact: dict[str, Any]) -> None:
         self.cache[fact["_id"]] = fact
@@ -232,7 +270,7 @@ class StatsEngine:
             fact["contrib"] = new_l
             fact["wake_at"] = datetime.fromtimestamp(wake, UTC) if wake is not None else None
             if old != new_l:
-                moves.append((old, new_l))
+                moves.append((fact["_id"], old, new_l))
                 for contrib, sign in ((old, -1), (new_l, 1)):
                     if contrib is not None:
                         acc = deltas.setdefault((contrib[0], tuple(contrib[1])), [0] * projection.N)
@@ -246,8 +284,9 @@ class StatsEngine:
             await self.store.commit(list(changed.values()), cells, list(aux_changed.values()))
         # committed: now the in-memory state follows
         touched: set[tuple[Any, Any]] = set()
-        for old, new in moves:
+        for case_id, old, new in moves:
             self.rollup.move(old, new)
+            self._index(case_id, old, changed[case_id])
             for c in (old, new):
                 if c is not None:
                     touched.add((c[1][5], c[1][1]))
@@ -348,12 +387,10 @@ class StatsEngine:
         if not partial and cache_key in self._answers:
             self._answers.move_to_end(cache_key)
             return self._answers[cache_key]
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        self.rollup.sum_window(first, last, scope, group_by, groups)
+        groups: dict[tuple[Any, ...], int] = {}
+        self.rollup.window_sums(first, last, scope, group_by, groups)
         for day, start, end in partial:
-            docs = await self.store.facts_of_day(day, start, end)
-            contribs = [d["contrib"] for d in docs if d.get("contrib")]
-            kpis.add_partial(contribs, scope, group_by, groups)
+            kpis.add_partial(await self._partial_day(day, start, end), scope, group_by, groups)
         reply = kpis.build_reply(group_by, groups)
         if not partial:
             self._answers[cache_key] = reply
@@ -361,11 +398,19 @@ class StatsEngine:
                 self._answers.popitem(last=False)
         return reply
 
+    async def _partial_day(self, day: str, start: float, end: float) -> list[tuple[str, Any, Any]]:
+        """The contributions of the cases received in `[start, end)` of local `day`."""
+        if self.indexed:
+            rows = self.day_index.get(day) or {}
+            return [(day, dims, packed) for received_at, dims, packed in rows.values() if start <= received_at < end]
+        docs = await self.store.facts_of_day(day, start, end)
+        return [d["contrib"] for d in docs if d.get("contrib")]
+
     def escalations(self, start: datetime, end: datetime, scope: dict[str, Any] | None = None) -> dict[str, int]:
         first, last, _ = kpis.plan_window(start, end, self.tz)
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        self.rollup.sum_window(first, last, scope or {}, [], groups)
-        return kpis.escalations_by_reason(groups.get((), [0] * projection.N))
+        groups: dict[tuple[Any, ...], int] = {}
+        self.rollup.window_sums(first, last, scope or {}, [], groups)
+        return kpis.escalations_by_reason(kpis.unpack(groups.get((), 0)))
 
     def backlog_by_level(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -410,35 +455,60 @@ async def ingest(engine: StatsEngine, envelopes: Iterable[RawEvent], *, batch: i
     return n
 
 
+def fold_case(
+    case_id: str, events: Iterable[tuple[str, Any]], tz: tzinfo, now: float
+) -> tuple[dict[str, Any], tuple[str, tuple[Any, ...], tuple[int, ...]] | None]:
+    """Fold one case's events `(short name, typed payload)` into a new fact, exactly as the
+    live path does (`projection.apply`), and return the fact and its contribution."""
+    fact = projection.new_fact(case_id)
+    for name, data in events:
+        projection.apply(fact, name, data, tz)
+    return fact, projection.contribution(fact, now)
+
+
 async def bulk_load(
     engine: StatsEngine,
-    cases: Iterable[Sequence[RawEvent]],
+    cases: Iterable[tuple[str, Sequence[tuple[str, Any]]]],
     *,
-    batch_cases: int = 2000,
-    persist_cells: bool = False,
+    now: float | None = None,
 ) -> int:
-    """Load many cases into the in-memory rollups fast (benchmarks): each element of `cases`
-    is one case's whole history. Folds through the same code as live events but writes no
-    facts (partial-day windows then see none of these cases); `persist_cells` writes the
-    resulting cells once at the end. Returns the number of cases."""
+    """Load many *new* cases into the in-memory state fast (benchmarks, tests): each element
+    of `cases` is `(case id, [(short name, typed payload), …])`, the case's whole history.
+
+    Every case is folded by `fold_case` (the live fold), its contribution summed into the
+    cells, the day index updated; the rollups are then filled in one go (`load_cells`) when
+    they were empty. Skipped on purpose: envelopes and validation, the fact cache, metrics,
+    the live list and persistence (facts are not written; `bench_support` writes the cells).
+    Returns the number of cases."""
+    now = time.time() if now is None else now
+    cells: dict[tuple[str, tuple[Any, ...]], int] = {}
+    dims_key = engine.rollup.dims_key
     n = 0
-    engine.persist = False
-    try:
-        chunk: list[Item] = []
-        count = 0
-        for events in cases:
-            chunk.extend(i for i in (item_for(e) for e in events) if i is not None)
-            count += 1
-            n += 1
-            if count >= batch_cases:
-                await engine.apply(chunk)
-                chunk, count = [], 0
-        if chunk:
-            await engine.apply(chunk)
-    finally:
-        engine.persist = True
-    if persist_cells:
-        cells = [(day, dims, list(c)) for (day, dims), c in engine.rollup.cells.items()]
-        for i in range(0, len(cells), 5000):
-            await engine.store.commit([], cells[i : i + 5000], [])
+    async with engine.lock:
+        with _gc_paused():
+            for case_id, events in cases:
+                fact, contrib = fold_case(case_id, events, engine.tz, now)
+                n += 1
+                if contrib is None:
+                    continue
+                day, dims, counts = contrib
+                dims = dims_key(dims)
+                packed = kpis.pack(counts)
+                key = (day, dims)
+                cells[key] = cells.get(key, 0) + packed
+                engine.day_index.setdefault(day, {})[case_id] = (fact["received_at"], dims, packed)
+            engine.rollup.load_cells((day, dims, v) for (day, dims), v in cells.items())
+        engine._answers.clear()
     return n
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while millions of long-lived objects are being made."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

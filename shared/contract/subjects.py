@@ -126,12 +126,16 @@ INTAKE_CONTACT = command("intake", "contact")
 STATS_QUERY = command("stats", "query")
 
 
-def durable_name(service: str, subject: str) -> str:
-    """`routing` + `gridcase.case.received.v1` → `routing-case-received`; `>` → `all`."""
+def durable_name(service: str, subject: str, instance: str = "") -> str:
+    """`routing` + `gridcase.case.received.v1` → `routing-case-received`; `>` → `all`.
+
+    An `instance` (a replicated read model's instance id) is appended: `stats-case-all-stats-0`.
+    """
     parts = subject.split(".")[1:]
     if parts and re.fullmatch(r"v[0-9]+", parts[-1]):
         parts = parts[:-1]
-    return "-".join([service, *[("all" if p == ">" else p) for p in parts]]).replace("_", "-")
+    name = "-".join([service, *[("all" if p == ">" else p) for p in parts]]).replace("_", "-")
+    return f"{name}-{instance}" if instance else name
 
 
 @dataclass(frozen=True)
@@ -144,11 +148,27 @@ class ServiceAccess:
     serves: tuple[str, ...]
     # core (non-durable) subscriptions every replica gets, e.g. a nudge to reload a cache
     listens: tuple[str, ...] = ()
+    # A replicated read model: each replica is an independent instance (`GRIDCASE_INSTANCE`)
+    # that reads every event through durables of its own and keeps a database of its own,
+    # instead of sharing the durables and the database with the other replicas.
+    replicated: bool = False
+    # the instance ids deployments give its replicas (k8s: the StatefulSet's pod names);
+    # NACK consumers and NATS permissions are rendered for each
+    instances: tuple[str, ...] = ()
 
     @property
     def durables(self) -> tuple[tuple[str, str], ...]:
         """(stream, durable name) for each consumed subject: one durable per subject."""
-        return tuple((stream_for(s).name, durable_name(self.service, s)) for s in self.consumes)
+        return self.durables_of("")
+
+    def durables_of(self, instance: str) -> tuple[tuple[str, str], ...]:
+        """The durables one instance reads through (`""`: the default, unsuffixed names)."""
+        return tuple((stream_for(s).name, durable_name(self.service, s, instance)) for s in self.consumes)
+
+    @property
+    def instance_durables(self) -> tuple[tuple[str, str], ...]:
+        """Every declared instance's durables (none unless `replicated`)."""
+        return tuple(d for i in self.instances for d in self.durables_of(i))
 
 
 SERVICE_ACCESS: dict[str, ServiceAccess] = {
@@ -184,16 +204,30 @@ SERVICE_ACCESS: dict[str, ServiceAccess] = {
         publishes=tuple(dispatch_event(e) for e in DISPATCH_EVENTS),
         consumes=(case_event("received"), case_event("assigned"), case_event("closed")),
         serves=tuple(command("dispatch", v) for v in DISPATCH_COMMANDS),
+        # every replica keeps the volunteer registry in memory: it hears each registration
+        listens=(dispatch_event("volunteer_registered"),),
     ),
     "stats": ServiceAccess(
         service="stats",
         publishes=(),
         consumes=("gridcase.case.>", "gridcase.mediation.>", "gridcase.dispatch.>", DIRECTORY_CHANGED),
         serves=(STATS_QUERY,),
+        # in-memory KPI rollups: every replica must see every event to hold the whole picture
+        replicated=True,
+        instances=("stats-0", "stats-1"),
     ),
 }
 
 SERVICES: tuple[str, ...] = tuple(SERVICE_ACCESS)
+
+
+def instance_of(service: str, instance: str) -> str:
+    """The instance id a service's durables and database carry: `instance` for a replicated
+    read model, `""` (shared durables and database) for every other service."""
+    access = SERVICE_ACCESS.get(service)
+    return instance if access is not None and access.replicated else ""
+
+
 SERVICE_PORTS: dict[str, int] = {
     "intake": 8101,
     "routing": 8102,

@@ -86,9 +86,14 @@ def test_crds_parse_and_have_identity(overlay):
         assert isinstance(d["spec"], dict)
 
 
+def deployed_durables(access) -> tuple:
+    """Scaled services share their durables; each instance of a replicated one has its own."""
+    return access.instance_durables if access.replicated else access.durables
+
+
 def test_nack_consumers_are_exactly_the_contract_durables(overlay):
     _, docs = overlay
-    durables = {(st, d) for a in SERVICE_ACCESS.values() for st, d in a.durables}
+    durables = {(st, d) for a in SERVICE_ACCESS.values() for st, d in deployed_durables(a)}
     consumers = of_kind(docs, "Consumer")
     assert {(c["spec"]["streamName"], c["spec"]["durableName"]) for c in consumers} == durables
     assert len(consumers) == len(durables)
@@ -118,16 +123,21 @@ def test_prod_streams_and_settings():
     assert settings["data"]["GRIDCASE_DECLARE_STREAMS"] == "false"
     assert of_kind(docs, "MongoDBCommunity")[0]["spec"]["members"] == 3
     replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in of_kind(docs, "Deployment")}
-    # stats is one active instance (in-memory rollups); every other service scales out
-    assert replicas == {s: (1 if s == "stats" else 3) for s in SERVICE_ACCESS}
-    stats = next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "stats")
-    assert stats["spec"]["strategy"]["type"] == "Recreate"
+    # every service scales out but stats, whose replicas are independent instances (in-memory
+    # rollups): a StatefulSet of the contract's instances, the pod name being the instance id
+    assert replicas == {s: 3 for s in SERVICE_ACCESS if s != "stats"}
+    (stats,) = of_kind(docs, "StatefulSet")
+    assert stats["metadata"]["name"] == "stats"
+    assert stats["spec"]["replicas"] == len(SERVICE_ACCESS["stats"].instances) == 2
+    assert SERVICE_ACCESS["stats"].instances == ("stats-0", "stats-1")
+    env = {e["name"]: e for e in stats["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GRIDCASE_INSTANCE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert "stats" not in {o["metadata"]["name"] for o in of_kind(docs, "ScaledObject")}
 
 
 def test_deployments_are_hardened(overlay):
     _, docs = overlay
-    deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
+    deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment") + of_kind(docs, "StatefulSet")}
     assert set(deployments) == set(SERVICE_ACCESS)
     configmaps = {c["metadata"]["name"] for c in of_kind(docs, "ConfigMap")}
     for service, dep in deployments.items():
@@ -195,5 +205,6 @@ def test_mongodb_users_only_reach_their_own_database():
     users = {u["name"]: u for u in mdb["spec"]["users"]}
     assert set(users) == set(SERVICE_ACCESS)
     for name, user in users.items():
-        assert user["roles"] == [{"name": "readWrite", "db": f"gridcase_{name}"}]
+        dbs = [f"gridcase_{name}_{i}" for i in SERVICE_ACCESS[name].instances] or [f"gridcase_{name}"]
+        assert user["roles"] == [{"name": "readWrite", "db": db} for db in dbs]
         assert user["passwordSecretRef"]["name"] == f"gridcase-mongo-{name}"

@@ -32,9 +32,8 @@ def durable_filters(service: str, stream: str, durable: str) -> list[str]:
     """The consumed subjects a durable reads (one per durable when the contract pairs them)."""
     access = SERVICE_ACCESS[service]
     if len(access.durables) == len(access.consumes):
-        return [
-            s for (st, d), s in zip(access.durables, access.consumes, strict=True) if d == durable
-        ]
+        pairs = [zip(access.durables_of(i), access.consumes, strict=True) for i in ("", *access.instances)]
+        return [s for pair in pairs for (st, d), s in pair if d == durable]
     return [s for s in access.consumes if stream_for(s).name == stream]
 
 
@@ -165,7 +164,8 @@ async def test_service_serves_its_commands(server, admin, service):
 
 @pytest.mark.parametrize(
     ("service", "stream", "durable"),
-    [(s, st, d) for s, a in SERVICE_ACCESS.items() for st, d in a.durables],
+    # a replicated read model (stats) also has each declared instance's durables
+    [(s, st, d) for s, a in SERVICE_ACCESS.items() for st, d in (*a.durables, *a.instance_durables)],
 )
 async def test_service_consumes_through_its_durables(server, admin, service, stream, durable):
     filters = durable_filters(service, stream, durable)

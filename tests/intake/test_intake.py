@@ -345,3 +345,29 @@ async def _assigned(rt, case_id: str, who: str) -> bool:
 async def _dir_version(rt, version: int) -> bool:
     doc = await rt.db.directory.find_one({"_id": "current"})
     return bool(doc and doc["version"] == version)
+
+
+async def test_a_report_whose_key_is_locked_holds_up_only_itself(settings, nc, mongodb_url, db_prefix) -> None:
+    """A key held by someone else's open transaction (what a killed process leaves until the
+    database reaps it) makes only that report wait: the rest of its batch become cases."""
+    from pymongo import AsyncMongoClient
+
+    from services.intake.domain import report_key
+
+    js = nc.jetstream()
+    async with running("intake", settings), AsyncMongoClient(mongodb_url) as client:
+        reports = client[f"{db_prefix}_intake"]["reports"]
+        session = client.start_session()
+        await session.start_transaction()
+        await reports.insert_one({"_id": report_key("wechat", "ext-7"), "case_id": "C-LOCK"}, session=session)
+        try:
+            for i in range(40):
+                await publish(js, s.INTAKE_REPORT, report(i))
+            await eventually(lambda: _eq(count(reports), 39), timeout=30, what="the 39 others stored")
+            assert await reports.find_one({"_id": report_key("wechat", "ext-7")}) is None
+        finally:
+            await session.abort_transaction()
+            await session.end_session()
+        await eventually(lambda: _eq(count(reports), 40), timeout=30, what="the held report once freed")
+        events = await eventually(lambda: _at_least(received_events(js), 40), what="40 received events")
+        assert Counter(e["data"]["external_id"] for e in events) == Counter(f"ext-{i}" for i in range(40))

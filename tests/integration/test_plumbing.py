@@ -173,3 +173,115 @@ async def _dlq(js, n: int):
 async def _stream(js, subject: str, n: int):
     msgs = await stream_messages(js, "GRIDCASE_INTAKE", subject)
     return msgs if len(msgs) >= n else ([] if n == 0 else None)
+
+
+# ---- whole-batch consumers (`Messaging.consume_batches`) ------------------------------------
+
+
+def batch_probe_service(calls: list[list[str]], fail: dict[str, int]):
+    """Takes fetched batches whole; a batch holding a report titled `fails-N` raises while that
+    report has been seen fewer than N+1 times (`always-fails`: always)."""
+
+    def register(rt: Runtime) -> None:
+        seen: dict[str, int] = {}
+
+        @rt.messaging.consume_batches(s.INTAKE_REPORT, batch=50, overlap=2)
+        async def on_reports(bodies: list[bytes]) -> list[Exception | None]:
+            reports = [Envelope[Report].model_validate_json(b).data for b in bodies]
+            calls.append([r.external_id for r in reports])
+            results: list[Exception | None] = []
+            for r in reports:
+                seen[r.external_id] = seen.get(r.external_id, 0) + 1
+                if r.title == "always-fails" or seen[r.external_id] <= fail.get(r.title, 0):
+                    raise ConnectionError(f"transient on {r.external_id}")
+                alone = r.title == "alone-fails-twice" and seen[r.external_id] <= 2
+                results.append(ConnectionError("this one only") if alone else None)
+            ok = [r for r, res in zip(reports, results, strict=True) if res is None]
+            if ok:
+                await rt.db.seen.insert_many([{"_id": r.external_id} for r in ok], ordered=False)
+            return results
+
+    return register
+
+
+@pytest.fixture
+async def batch_probe(nats_url: str, mongodb_url: str, db_prefix: str):
+    calls: list[list[str]] = []
+    # max_deliver 5, not 3: a pull request expiring just as the server sends a message counts a
+    # delivery the handler never sees (redelivered after ack_wait); the budget must allow for it
+    settings = service_settings("probe", nats_url, mongodb_url, db_prefix, max_deliver=5)
+    nc = await connect(nats_url)
+    async with running("probe", settings, batch_probe_service(calls, {"fails-twice": 2})) as rt:
+        yield rt, nc, calls
+    await nc.close()
+
+
+async def test_whole_batches_are_acked_once_handled(batch_probe) -> None:
+    rt, nc, calls = batch_probe
+    js = nc.jetstream()
+    for i in range(120):
+        await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": f"b-{i}"})
+    await eventually(lambda: _count(rt, 120), timeout=20, what="all 120 stored")
+    await asyncio.sleep(1.5)
+    handled = [x for c in calls for x in c]
+    assert sorted(handled) == sorted(f"b-{i}" for i in range(120))  # each once: acked, not redelivered
+    assert max(len(c) for c in calls) > 1  # batches, not single messages
+    info = await js.consumer_info("GRIDCASE_INTAKE", "probe-intake-report")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_trickle_is_handled_promptly_with_no_delivery_lost(batch_probe) -> None:
+    """Messages arriving one by one, while the consumer keeps asking for a batch, are all
+    handled at once: none is left for redelivery after `ack_wait` (a partly collected batch
+    must survive a fetch that times out)."""
+    rt, nc, calls = batch_probe
+    js = nc.jetstream()
+    for i in range(60):
+        await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": f"tr-{i}"})
+        await asyncio.sleep(0.03)
+    await eventually(lambda: _count(rt, 60), timeout=3, what="all 60 stored well within ack_wait (5 s)")
+    info = await js.consumer_info("GRIDCASE_INTAKE", "probe-intake-report")
+    assert info.num_redelivered == 0
+
+
+async def test_a_failing_batch_is_retried_whole_then_succeeds(batch_probe) -> None:
+    rt, nc, calls = batch_probe
+    js = nc.jetstream()
+    await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": "t-1", "title": "fails-twice"})
+    await eventually(lambda: _count(rt, 1), timeout=30, what="stored after two failures")
+    assert sum(c.count("t-1") for c in calls) == 3  # two failed deliveries, then success
+    assert await _dlq(js, 1) is None
+
+
+async def test_only_the_messages_a_batch_handler_failed_are_retried(batch_probe) -> None:
+    rt, nc, calls = batch_probe
+    js = nc.jetstream()
+    for i in range(10):
+        title = "alone-fails-twice" if i == 4 else "楼道灯坏了"
+        await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": f"p-{i}", "title": title})
+    await eventually(lambda: _count(rt, 10), timeout=30, what="all ten stored")
+    handled = [x for c in calls for x in c]
+    assert handled.count("p-4") == 3  # two failures of its own, then success
+    assert all(handled.count(f"p-{i}") == 1 for i in range(10) if i != 4)  # the rest acked at once
+    assert await _dlq(js, 1) is None
+
+
+async def test_a_batch_that_always_fails_is_dead_lettered_per_message(batch_probe) -> None:
+    rt, nc, calls = batch_probe
+    js = nc.jetstream()
+    await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": "f-1", "title": "always-fails"})
+    dlq = await eventually(lambda: _dlq(js, 1), timeout=40, what="DLQ entry")
+    assert dlq[0].headers["Gridcase-Dlq-Reason"] == "exhausted"
+    assert "ConnectionError" in dlq[0].headers["Gridcase-Dlq-Detail"]
+    assert b"f-1" in dlq[0].data  # the message itself, kept for inspection
+    tries = sum(c.count("f-1") for c in calls)
+    assert 2 <= tries <= 5
+    await asyncio.sleep(3)  # terminated: not redelivered forever
+    assert sum(c.count("f-1") for c in calls) == tries
+    # and the consumer goes on with the next batches
+    await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": "after"})
+    await eventually(lambda: _count(rt, 1), timeout=10, what="next report stored")
+
+
+async def _count(rt: Runtime, n: int) -> bool:
+    return await rt.db.seen.count_documents({}) >= n

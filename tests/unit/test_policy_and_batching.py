@@ -121,3 +121,17 @@ def test_policy_tells_which_cases_a_handling_service_ever_sees() -> None:
     assert p.concerns("dispatch", "help.micro_wish") and not p.concerns("dispatch", "dispute.family")
     assert p.concerns("mediation", "other", assigned="mediation")  # an assignment says so explicitly
     assert not p.concerns("dispatch", "not-a-category")
+
+
+async def test_submit_many_flushes_the_burst_at_once_in_order() -> None:
+    flushed: list[list[int]] = []
+
+    async def flush(items):
+        flushed.append(list(items))
+        return [i * 10 for i in items]
+
+    c: Coalescer[int, int] = Coalescer(flush, max_batch=100, max_delay=60.0)  # no timer would fire
+    results = await asyncio.wait_for(c.submit_many([1, 2, 3]), timeout=2)
+    assert results == [10, 20, 30]
+    assert flushed == [[1, 2, 3]]
+    assert await c.submit_many([]) == []

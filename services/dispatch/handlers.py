@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from pymongo.errors import PyMongoError
 
 from shared.app import Runtime
 from shared.contract import subjects
@@ -32,7 +31,7 @@ from shared.contract.dispatch import (
     VolunteerRegistered,
 )
 from shared.contract.envelope import new_id
-from shared.errors import Conflict, DomainError, NotFound
+from shared.errors import Conflict, DomainError, NotFound, lost_race
 from shared.logs import log
 from shared.outbox import UnitOfWork
 
@@ -43,22 +42,11 @@ logger = logging.getLogger("gridcase.dispatch")
 
 ATTEMPTS = 12
 WAIT_FOR_RECEIVED = 3  # deliveries of `assigned` that wait for `received` before using defaults
-WRITE_CONFLICT_CODES = {112, 251}
 OFFER_OUTCOMES = {"accepted", "declined", "expired"}
 
 
 class NeedsPending(Exception):
     """`assigned` came before `received`: retried with back-off (transient)."""
-
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, Conflict):
-        return True
-    if isinstance(exc, PyMongoError):
-        if exc.has_error_label("TransientTransactionError"):
-            return True
-        return getattr(exc, "code", None) in WRITE_CONFLICT_CODES
-    return False
 
 
 def now_utc() -> datetime:
@@ -158,7 +146,7 @@ class Dispatch:
                 raise
             except Exception as exc:
                 self._undo(work)
-                if not _transient(exc) or n == ATTEMPTS - 1:
+                if not lost_race(exc) or n == ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(random.uniform(0.005, 0.02) * (n + 1))
                 continue

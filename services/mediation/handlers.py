@@ -19,7 +19,7 @@ from shared.contract.common import Handling, Level, Role
 from shared.contract.directory import DirectoryChanged
 from shared.contract.envelope import Envelope
 from shared.contract.mediation import MediationCommand
-from shared.errors import Conflict, DomainError, NotFound
+from shared.errors import Conflict, DomainError, NotFound, lost_race
 from shared.logs import log
 
 from . import domain
@@ -68,11 +68,8 @@ async def retrying(fn: Callable[[], Awaitable[T]], attempts: int = 8) -> T:
     for i in range(attempts):
         try:
             return await fn()
-        except Conflict:
-            if i == attempts - 1:
-                raise
-        except PyMongoError as exc:
-            if not exc.has_error_label("TransientTransactionError") or i == attempts - 1:
+        except (Conflict, PyMongoError) as exc:
+            if not lost_race(exc) or i == attempts - 1:
                 raise
         await asyncio.sleep(0.01 * (i + 1) + random.random() * 0.02)
     raise AssertionError("unreachable")

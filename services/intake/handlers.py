@@ -223,8 +223,10 @@ class Intake:
         except PyMongoError as exc:
             if not lost_race(exc) or len(items) == 1:
                 return [exc] * len(items)
-        half = len(items) // 2  # halves get fewer attempts: the search must not take long
-        return [*await self._store_isolating(items[:half], 2), *await self._store_isolating(items[half:], 2)]
+        # halves get few attempts (the search must not take long); a report alone gets them all
+        half = len(items) // 2
+        parts = (items[:half], items[half:])
+        return [r for part in parts for r in await self._store_isolating(part, MAX_ATTEMPTS if len(part) == 1 else 2)]
 
     async def _store_batch(self, items: Sequence[Pending], attempts: int) -> list[Outcome | Exception]:
         first: dict[str, int] = {}

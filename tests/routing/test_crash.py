@@ -51,8 +51,8 @@ def start_routing(tmp_path: Path, nats_url: str, mongodb_url: str, prefix: str, 
 async def test_kill_9_during_escalations_loses_and_doubles_nothing(
     tmp_path: Path, nats_url: str, mongodb_url: str, db_prefix: str
 ) -> None:
-    # grid: respond in 6 s; community: long clocks, so each case escalates exactly once
-    policy = write_policy(tmp_path, grid=(6, 3600), community=(3600, 7200), street=(3600, 7200))
+    # grid: respond in 10 s; community: long clocks, so each case escalates exactly once
+    policy = write_policy(tmp_path, grid=(10, 3600), community=(3600, 7200), street=(3600, 7200))
     port = free_port()
     nc = await connect(nats_url)
     env = Env(None, nc)  # type: ignore[arg-type]
@@ -73,7 +73,10 @@ async def test_kill_9_during_escalations_loses_and_doubles_nothing(
             return sum((info.state.subjects or {}).values()) >= n
 
         # every case is open with its clocks running; kill while the escalations are under way
-        await eventually(lambda: total("assigned", 1000), timeout=60, interval=0.2, what="1,000 assigned")
+        async def all_assigned() -> bool:  # each case's first assignment (escalations assign too)
+            return len(await count("assigned")) >= 1000
+
+        await eventually(all_assigned, timeout=60, interval=0.5, what="1,000 assigned")
         await eventually(lambda: total("escalated", 50), timeout=30, interval=0.1, what="escalations started")
         child.kill()
         assert not await total("escalated", 1000), "all escalations happened before the kill; nothing was tested"

@@ -295,16 +295,7 @@ class Messaging:
 
     def consume(self, subject: str, *, durable: str | None = None, batch: int | None = None, **kw: Any):
         """Decorator: a durable pull consumer of `subject` (DESIGN §4)."""
-        spec = self._consumer_spec(subject, durable, batch)
-        return self.broker.subscriber(
-            subject,
-            stream=JStream(spec.stream, declare=False),
-            durable=spec.durable,
-            config=spec.config(),
-            pull_sub=PullSub(batch_size=batch or self.settings.fetch_batch, timeout=self.settings.fetch_wait_s),
-            ack_policy=FsAckPolicy.ACK,
-            **kw,
-        )
+        return self._pull_subscriber(subject, durable, batch or self.settings.fetch_batch, FsAckPolicy.ACK, **kw)
 
     def consume_batches(self, subject: str, *, batch: int, overlap: int = 2, **kw: Any):
         """Decorator: a durable pull consumer whose handler takes each fetched batch whole, as
@@ -316,16 +307,9 @@ class Messaging:
         success): they are retried with back-off, then dead-lettered after `max_deliver`. If the
         handler raises, the whole batch is. Such a handler deals with bad input itself.
         """
-        spec = self._consumer_spec(subject, None, batch)
-        subscriber = self.broker.subscriber(
-            subject,
-            stream=JStream(spec.stream, declare=False),
-            durable=spec.durable,
-            config=spec.config(),
-            pull_sub=PullSub(batch_size=batch, timeout=self.settings.fetch_wait_s, batch=True),
-            ack_policy=FsAckPolicy.MANUAL,  # acked by `_run_batch` once the handler is done
-            decoder=_whole_batch,
-            **kw,
+        # acked by `_run_batch` once the handler is done
+        subscriber = self._pull_subscriber(
+            subject, None, batch, FsAckPolicy.MANUAL, whole_batches=True, decoder=_whole_batch, **kw
         )
 
         def decorate(handler: BatchHandler):
@@ -371,6 +355,21 @@ class Messaging:
         """Let the batches in hand finish (and be acked) before the connection closes."""
         if self._batches:
             await asyncio.gather(*list(self._batches), return_exceptions=True)
+
+    def _pull_subscriber(
+        self, subject: str, durable: str | None, batch: int, ack_policy: FsAckPolicy, *, whole_batches: bool = False, **kw: Any
+    ):
+        """FastStream's durable pull subscriber for the consumer spec of `subject`."""
+        spec = self._consumer_spec(subject, durable, batch)
+        return self.broker.subscriber(
+            subject,
+            stream=JStream(spec.stream, declare=False),
+            durable=spec.durable,
+            config=spec.config(),
+            pull_sub=PullSub(batch_size=batch, timeout=self.settings.fetch_wait_s, batch=whole_batches),
+            ack_policy=ack_policy,
+            **kw,
+        )
 
     def _consumer_spec(self, subject: str, durable: str | None, batch: int | None) -> ConsumerSpec:
         stream = stream_for(subject)

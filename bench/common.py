@@ -418,3 +418,40 @@ __all__ = [
     "percentile",
     "timedelta",
 ]
+
+
+# ---- where the database time went -----------------------------------------------------------------
+def database_time(stack: Any, top: int = 12) -> list[dict[str, Any]]:
+    """Driver-timed database seconds per (service, command, collection), from each service's
+    `gridcase_db_command_seconds` — the busiest first."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for name in stack.services:
+        try:
+            with urllib.request.urlopen(stack.url(name, "/metrics"), timeout=5) as r:  # noqa: S310 - loopback
+                text = r.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            if family.name != "gridcase_db_command_seconds":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith(("_sum", "_count")):
+                    key = (name, sample.labels["command"], sample.labels["collection"])
+                    row = rows.setdefault(key, {"service": name, "command": key[1], "collection": key[2]})
+                    row["seconds" if sample.name.endswith("_sum") else "count"] = sample.value
+    ranked = sorted(rows.values(), key=lambda r: -r.get("seconds", 0.0))[:top]
+    for r in ranked:
+        r["seconds"] = round(r.get("seconds", 0.0), 2)
+        r["ms_each"] = round(1000 * r["seconds"] / r["count"], 2) if r.get("count") else None
+    return ranked
+
+
+def log_database_time(scenario: str, ranked: list[dict[str, Any]]) -> None:
+    log(f"{scenario}: database time by service/command/collection (driver-timed, whole scenario):")
+    for r in ranked:
+        log(f"  {r['service']:9s} {r['command']:14s} {r['collection']:22s} {r['seconds']:8.2f}s  "
+            f"n={r.get('count', 0):.0f}  {r['ms_each']} ms each")

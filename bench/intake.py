@@ -20,7 +20,17 @@ from pymongo import AsyncMongoClient
 from shared.contract.subjects import INTAKE_REPORT, case_event
 from shared.launcher import Stack, StackConfig, free_port_offset
 
-from .common import Options, Row, cpu_seconds, drop_databases, log, reset_streams, subject_count
+from .common import (
+    Options,
+    Row,
+    cpu_seconds,
+    database_time,
+    drop_databases,
+    log,
+    log_database_time,
+    reset_streams,
+    subject_count,
+)
 from .profile import start_profile
 from .workload import Workload
 
@@ -80,6 +90,8 @@ async def run_intake(nats_url: str, mongodb_url: str, opts: Options, workdir: Pa
         db1 = cpu_seconds(db_pid) if db_pid else None
         if profile:
             log(f"profile written: {await asyncio.to_thread(profile.wait)}")
+        db_time = await asyncio.to_thread(database_time, stack)
+        log_database_time("intake", db_time)
         async with AsyncMongoClient(mongodb_url) as client:
             cases = await client[f"{DB_PREFIX}_intake"]["reports"].count_documents({})
         if "p90" not in marks:
@@ -99,7 +111,8 @@ async def run_intake(nats_url: str, mongodb_url: str, opts: Options, workdir: Pa
         ok = cases == n and done == n
         return [Row(S7, M7, round(rate, 1), "reports/s", TARGET, status="ok" if ok else "partial", note=note,
                     details={"n": n, "cases": cases, "received": done, "marks": marks, "intake_cores": cores,
-                             "intake_cpu_ms_per_report": intake_ms, "db_cpu_ms_per_report": db_ms})]
+                             "intake_cpu_ms_per_report": intake_ms, "db_cpu_ms_per_report": db_ms,
+                             "database_time": db_time})]
     finally:
         await nc.close()
         await asyncio.to_thread(stack.stop)

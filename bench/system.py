@@ -37,11 +37,13 @@ from .common import (
     command,
     consumer_backlog,
     cpu_seconds,
+    database_time,
     drop_databases,
     durables_of,
     error_row,
     iso,
     log,
+    log_database_time,
     not_available,
     percentile,
     reset_streams,
@@ -394,36 +396,6 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
-# ---- where the database time went -----------------------------------------------------------------
-def database_time(stack: Stack, top: int = 12) -> list[dict[str, Any]]:
-    """Driver-timed database seconds per (service, command, collection), from each service's
-    `gridcase_db_command_seconds` — the busiest first."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for name in stack.services:
-        try:
-            with urllib.request.urlopen(stack.url(name, "/metrics"), timeout=5) as r:  # noqa: S310 - loopback
-                text = r.read().decode()
-        except OSError:
-            continue
-        for family in text_string_to_metric_families(text):
-            if family.name != "gridcase_db_command_seconds":
-                continue
-            for sample in family.samples:
-                if sample.name.endswith(("_sum", "_count")):
-                    key = (name, sample.labels["command"], sample.labels["collection"])
-                    row = rows.setdefault(key, {"service": name, "command": key[1], "collection": key[2]})
-                    row["seconds" if sample.name.endswith("_sum") else "count"] = sample.value
-    ranked = sorted(rows.values(), key=lambda r: -r.get("seconds", 0.0))[:top]
-    for r in ranked:
-        r["seconds"] = round(r.get("seconds", 0.0), 2)
-        r["ms_each"] = round(1000 * r["seconds"] / r["count"], 2) if r.get("count") else None
-    return ranked
-
-
 # ---- scenario 6 --------------------------------------------------------------------------------
 def memory_rows(sys_: System, ran_load: bool) -> list[Row]:
     sys_.sample_memory()
@@ -509,9 +481,7 @@ async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: floa
                 tp = await scenario_throughput(sys_, pipe, opts, floor, profile_cb if opts.profile else None)
                 tp.details["pipeline"] = pipe.__dict__
                 tp.details["database_time"] = db_time = await asyncio.to_thread(database_time, stack)
-                log("throughput: database time by service/command/collection (driver-timed, whole scenario):")
-                for r in db_time:
-                    log(f"  {r['service']:9s} {r['command']:14s} {r['collection']:22s} {r['seconds']:8.2f}s  n={r.get('count', 0):.0f}  {r['ms_each']} ms each")
+                log_database_time("throughput", db_time)
                 rows += [tp, floor_ratio_row(tp, floor)]
                 ran_load = tp.figure is not None
             except Exception as exc:

@@ -25,15 +25,27 @@ class Coalescer(Generic[T, R]):
     waits and goes into the next, larger flush (group commit) — fewer, bigger transactions and
     no two of this process's flushes conflicting on the same documents. `flush` returns one
     result per item; an exception instance fails only that item.
+
+    `min_interval` spaces flush starts at least that far apart (unless `max_batch` items
+    wait): a consumer that is not on anyone's latency path (a projection) then costs the
+    shared database a bounded number of transactions a second, however fast events come.
     """
 
     def __init__(
-        self, flush: Flush[T, R], *, max_batch: int = 500, max_delay: float = 0.002, inflight: int = 1
+        self,
+        flush: Flush[T, R],
+        *,
+        max_batch: int = 500,
+        max_delay: float = 0.002,
+        inflight: int = 1,
+        min_interval: float = 0.0,
     ) -> None:
         self._flush_fn = flush
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.inflight = inflight
+        self.min_interval = min_interval
+        self._last_start = float("-inf")
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -46,8 +58,11 @@ class Coalescer(Generic[T, R]):
         if len(self._pending) >= self.max_batch:
             self._start_flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.max_delay, self._start_flush)
+            self._timer = loop.call_later(self._delay(loop.time()), self._start_flush)
         return await fut
+
+    def _delay(self, now: float) -> float:
+        return max(self.max_delay, self._last_start + self.min_interval - now)
 
     async def submit_many(self, items: Sequence[T]) -> list[R | Exception]:
         """Submit a burst that is already complete (a fetched batch): it flushes at once.
@@ -63,15 +78,21 @@ class Coalescer(Generic[T, R]):
         self._start_flush()
         return list(await asyncio.gather(*futures, return_exceptions=True))
 
-    def _start_flush(self) -> None:
+    def _start_flush(self, force: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._running >= self.inflight or not self._pending:
             return  # picked up when a running flush ends
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not force and len(self._pending) < self.max_batch and now < self._last_start + self.min_interval:
+            self._timer = loop.call_later(self._last_start + self.min_interval - now, self._start_flush)
+            return
+        self._last_start = now
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         self._running += 1
-        task = asyncio.get_running_loop().create_task(self._run_then_next(batch))
+        task = loop.create_task(self._run_then_next(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -106,6 +127,6 @@ class Coalescer(Generic[T, R]):
     async def drain(self) -> None:
         """Flush everything waiting, including what queues behind a running flush (shutdown)."""
         while self._pending or self._tasks:
-            self._start_flush()
+            self._start_flush(force=True)
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)

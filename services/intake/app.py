@@ -34,6 +34,7 @@ def register(rt: Runtime) -> None:
         intake.privacy = Privacy.from_settings(rt.settings)
 
     rt.on_start.append(load_key)
+    rt.on_start.append(store.migrate)
 
     # Reports: the raw bytes are validated by intake itself, so an invalid report is answered,
     # announced and quarantined instead of being dead-lettered. Whole fetched batches go to one

@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -301,19 +300,3 @@ def may_see_contact(
         return ContactDecision(True, "community_director")
     return ContactDecision(False, "not_assignee_or_director")
 
-
-class RecentIds:
-    """A bounded map of the most recent keys (oldest forgotten first)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[str, str] = OrderedDict()
-
-    def put(self, key: str, value: str) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-    def get(self, key: str) -> str | None:
-        return self._items.get(key)

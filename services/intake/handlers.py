@@ -120,8 +120,6 @@ class Intake:
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
         self._repeats_seen = False
-        # case id → report `_id` of recent cases: updates by `_id` are what the database is fast at
-        self.report_ids = domain.RecentIds(100_000)
         # what intake learns of cases (assignee, closure): one batched write per fetch
         self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500)
         self.coalescer: Coalescer[Pending, Outcome] = Coalescer(
@@ -282,13 +280,10 @@ class Intake:
             "reported_at": report.reported_at,
             "received_at": datetime.now(UTC),
             "link_key": domain.link_key(report),
-            "open": True,
             "duplicate_of": None,
             "district": scope.district,
             "community": scope.community,
             "grid": scope.grid,
-            "assignee": None,
-            "assigned_version": 0,
             "contact": self.privacy.seal(contact),
             "phone_hashes": [self.privacy.match_hash(p) for p in domain.phones_of(contact)],
         }
@@ -320,18 +315,16 @@ class Intake:
             await self.store.insert_reports(docs, uow.session)
             uow.emit(*events)
         for doc in docs:
-            self.report_ids.put(doc["case_id"], doc["_id"])
             if doc["duplicate_of"]:
                 self.metrics.linked.labels(doc["channel"]).inc()
         return out
 
     # ---- what intake learns from other services --------------------------------------------
     async def on_assigned(self, data: CaseAssigned) -> None:
-        rid = self.report_ids.get(data.case_id)
-        await self.case_updates.submit(self.store.assign_op(data.case_id, data.version, data.assignee, data.scope.model_dump(), rid))
+        await self.case_updates.submit(self.store.assign_op(data.case_id, data.version, data.assignee, data.scope.model_dump()))
 
     async def on_closed(self, data: CaseClosed) -> None:
-        await self.case_updates.submit(self.store.close_op(data.case_id, data.version, self.report_ids.get(data.case_id)))
+        await self.case_updates.submit(self.store.close_op(data.case_id, data.version))
 
     async def _flush_case_updates(self, ops: Sequence[Any]) -> list[None]:
         await self.store.apply(list(ops))

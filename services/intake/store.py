@@ -1,28 +1,33 @@
-"""Intake's own database: reports (one per idempotency key), quarantine, contact audit, directory.
+"""Intake's own database: reports (one per idempotency key), cases, quarantine, contact audit,
+directory.
 
 `reports._id` is `<channel>:<external_id>`, so MongoDB's unique `_id` makes one case per key
-even with replicas racing. One secondary index only, `case_id` (assignment, closure, contact
-look-up): every index costs each insert on the hot path. Duplicate linking reads `links`, one
-small document per place and category (`_id` = the link key) holding its latest cases, so it
-is found by `_id` and written only for reports that name a place.
+even with replicas racing; the report holds the personal data (sealed). `cases._id` is the case
+id: where the case is, who has it, whether it is open (assignment, closure, linking, contact
+look-up). No secondary index at all: on SecantusDB one costs each insert more than the insert
+itself. Duplicate linking reads `links`, one small document per place and category (`_id` = the
+link key) holding its latest cases, so it is found by `_id` and written only for reports that
+name a place.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from shared.db import Indexes
 
 from .domain import DirectoryView, OpenCase
 
 REPORTS = "reports"
+CASES = "cases"
 LINKS = "links"
 LINKS_KEPT = 20  # latest cases per place and category; older ones are past the window anyway
 QUARANTINE = "quarantine"
@@ -35,6 +40,7 @@ class IntakeStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.db = db
         self.reports = db[REPORTS]
+        self.cases = db[CASES]
         self.links = db[LINKS]
         self.quarantine = db[QUARANTINE]
         self.audit = db[AUDIT]
@@ -42,10 +48,32 @@ class IntakeStore:
 
     @staticmethod
     def declare(indexes: Indexes) -> None:
-        indexes.add(
-            REPORTS,
-            IndexModel([("case_id", ASCENDING)], unique=True, name="case_id"),
-        )
+        """No secondary index: each would cost every report insert more than the insert itself
+        (SecantusDB). Reports are found by their key (`_id`), cases by their id (`_id`)."""
+
+    async def migrate(self) -> None:
+        """Stores written before intake kept a case view (`cases`) get one, once, from the reports.
+        Creates the collections of the hot path up front: a transaction must not be the first
+        to write to one (SecantusDB then refuses it while another transaction is open)."""
+        names = set(await self.db.list_collection_names())
+        for name in (REPORTS, CASES, LINKS):
+            if name not in names:
+                with contextlib.suppress(PyMongoError):  # created meanwhile by a replica
+                    await self.db.create_collection(name)
+        if await self.cases.find_one({}, {"_id": 1}) is not None or await self.reports.find_one({}, {"_id": 1}) is None:
+            return
+        batch: list[dict[str, Any]] = []
+        async for doc in self.reports.find({}):
+            batch.append(case_view(doc) | {k: doc[k] for k in CASE_STATE if k in doc})
+            if len(batch) >= 1000:
+                await self._insert_views(batch)
+                batch = []
+        await self._insert_views(batch)
+
+    async def _insert_views(self, docs: list[dict[str, Any]]) -> None:
+        if docs:
+            with contextlib.suppress(BulkWriteError):  # a replica migrating at the same time
+                await self.cases.insert_many(docs, ordered=False)
 
     # ---- reports --------------------------------------------------------------------------
     async def existing(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -67,12 +95,14 @@ class IntakeStore:
         ids = [c.case_id for cs in recent.values() for c in cs]
         if not ids:
             return {}
-        still_open = {d["case_id"] async for d in self.reports.find({"case_id": {"$in": ids}, "open": True}, {"case_id": 1})}
+        still_open = {d["_id"] async for d in self.cases.find({"_id": {"$in": ids}, "open": True}, {"_id": 1})}
         return {k: kept for k, cs in recent.items() if (kept := [c for c in cs if c.case_id in still_open])}
 
     async def insert_reports(self, docs: Sequence[dict[str, Any]], session: AsyncClientSession) -> None:
-        """The reports, and each under its place and category for linking (one transaction)."""
+        """The reports, their cases' view, and each under its place and category for linking
+        (one transaction)."""
         await self.reports.insert_many(list(docs), ordered=False, session=session)
+        await self.cases.insert_many([case_view(d) for d in docs], ordered=False, session=session)
         linked: dict[str, list[dict[str, Any]]] = {}
         for d in docs:
             if d.get("link_key"):
@@ -88,26 +118,30 @@ class IntakeStore:
             )
 
     async def by_case(self, case_id: str) -> dict[str, Any] | None:
-        return await self.reports.find_one({"case_id": case_id})
+        """The case's view (assignee, community, open) over its report."""
+        case = await self.cases.find_one({"_id": case_id})
+        if case is None:
+            return None
+        report = await self.reports.find_one({"_id": case["report"]}) or {}
+        return report | case
 
     @staticmethod
-    def assign_op(case_id: str, version: int, assignee: str | None, scope: dict[str, Any], report_id: str | None = None) -> UpdateOne:
-        """Keep the newest assignment only (events may arrive out of order or twice).
-        With the report's `_id` known the update is an `_id` lookup, else by the case id index."""
+    def assign_op(case_id: str, version: int, assignee: str | None, scope: dict[str, Any]) -> UpdateOne:
+        """Keep the newest assignment only (events may arrive out of order or twice)."""
         update: dict[str, Any] = {"assignee": assignee, "assigned_version": version}
         for part in ("district", "community", "grid"):
             if scope.get(part):
                 update[part] = scope[part]
-        return UpdateOne({**_by(case_id, report_id), "assigned_version": {"$lt": version}}, {"$set": update})
+        return UpdateOne({"_id": case_id, "assigned_version": {"$lt": version}}, {"$set": update})
 
     @staticmethod
-    def close_op(case_id: str, version: int, report_id: str | None = None) -> UpdateOne:
-        return UpdateOne({**_by(case_id, report_id), "open": True}, {"$set": {"open": False, "closed_version": version}})
+    def close_op(case_id: str, version: int) -> UpdateOne:
+        return UpdateOne({"_id": case_id, "open": True}, {"$set": {"open": False, "closed_version": version}})
 
     async def apply(self, ops: list[UpdateOne]) -> None:
         """Assignments and closures of many cases in one batched write."""
         if ops:
-            await self.reports.bulk_write(ops, ordered=False)
+            await self.cases.bulk_write(ops, ordered=False)
 
     # ---- quarantine ------------------------------------------------------------------------
     async def put_quarantine(self, doc: dict[str, Any], session: AsyncClientSession) -> None:
@@ -140,5 +174,19 @@ class IntakeStore:
         return DirectoryView.from_doc(await self.directory.find_one({"_id": DIRECTORY_ID}))
 
 
-def _by(case_id: str, report_id: str | None) -> dict[str, Any]:
-    return {"_id": report_id, "case_id": case_id} if report_id else {"case_id": case_id}
+CASE_STATE = ("open", "assignee", "assigned_version", "closed_version", "district", "community", "grid")
+
+
+def case_view(report: dict[str, Any]) -> dict[str, Any]:
+    """What intake keeps of a case apart from its report: where it is, who has it, whether it
+    is open — for duplicate linking and contact look-ups. No personal data."""
+    return {
+        "_id": report["case_id"],
+        "report": report["_id"],
+        "open": True,
+        "assignee": None,
+        "assigned_version": 0,
+        "district": report.get("district"),
+        "community": report.get("community"),
+        "grid": report.get("grid"),
+    }

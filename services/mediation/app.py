@@ -73,5 +73,7 @@ def register(rt: Runtime) -> None:
     async def record_follow_up(body: Envelope[RecordFollowUp]) -> dict[str, Any]:
         return await svc.command("record_follow_up", body)
 
+    rt.on_start.append(svc.start)
     poller = DuePoller(rt.db[store.DOSSIERS], svc.on_due, interval=rt.settings.timer_poll_s)
     rt.background.append(poller.run_forever)
+    rt.background.append(svc.refresh_load_forever)

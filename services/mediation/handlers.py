@@ -29,6 +29,7 @@ from .store import Store
 logger = logging.getLogger("gridcase.mediation")
 
 T = TypeVar("T")
+Done = tuple[Dossier | None, Dossier, list[Emitted]]  # a committed change: before, after, its events
 DAY_BUCKETS = (0.5, 1, 2, 3, 5, 7, 10, 14, 21, 30, 45, 60, 90)
 
 
@@ -79,6 +80,40 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+class MediatorLoad:
+    """Open dossiers per mediator, kept in memory: choosing a mediator runs for every dossier
+    opened, and counting in the database costs a scan of the open dossiers each time.
+
+    Exact for this process's own writes (`move` after each commit); `refresh` recounts from
+    the database at start and every `REFRESH_S`, which takes in other replicas' writes.
+    """
+
+    REFRESH_S = 30.0
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def of(self, mediators: list[str]) -> dict[str, int]:
+        return {m: self.counts.get(m, 0) for m in mediators}
+
+    def move(self, before: Dossier | None, after: Dossier | None) -> None:
+        for d, sign in ((before, -1), (after, 1)):
+            if d is not None and d.is_open and d.mediator:
+                self.counts[d.mediator] = self.counts.get(d.mediator, 0) + sign
+
+    async def refresh(self, store: Store) -> None:
+        directory = await store.get_directory()
+        self.counts = await store.load([m.id for m in directory.mediators])
+
+    async def refresh_forever(self, store: Store) -> None:
+        while True:
+            await asyncio.sleep(self.REFRESH_S)
+            try:
+                await self.refresh(store)
+            except Exception as exc:
+                log(logger, logging.WARNING, "mediator load refresh failed", error=type(exc).__name__)
+
+
 class Mediation:
     """The service's behaviour, bound to a runtime."""
 
@@ -86,6 +121,17 @@ class Mediation:
         self.rt = rt
         self.store = Store(rt.db)
         self.metrics = Metrics(rt)
+        self.load = MediatorLoad()
+
+    async def start(self) -> None:
+        await self.load.refresh(self.store)
+
+    async def refresh_load_forever(self) -> None:
+        await self.load.refresh_forever(self.store)
+
+    def committed(self, before: Dossier | None, after: Dossier, events: list[Emitted]) -> None:
+        self.load.move(before, after)
+        self.metrics.observe(after, events)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -96,7 +142,7 @@ class Mediation:
     async def _choose(self, community: str | None, parties: list[dict[str, Any]] | None) -> tuple[domain.MediatorChoice, dict]:
         directory = await self.store.get_directory()
         candidates = directory.mediators_of(community)
-        load = await self.store.load([m.id for m in candidates])
+        load = self.load.of([m.id for m in candidates])
         langs = domain.party_languages(parties or [])
         return domain.choose_mediator(candidates, langs, load), {m.id: m for m in candidates}
 
@@ -106,8 +152,8 @@ class Mediation:
         parties = [p.model_dump(mode="json") for p in r.parties]
         langs = domain.party_languages(parties)
 
-        async def attempt() -> list[tuple[Dossier, list[Emitted]]]:
-            done: list[tuple[Dossier, list[Emitted]]] = []
+        async def attempt() -> list[Done]:
+            done: list[Done] = []
             async with self.rt.outbox.unit_of_work() as uow:
                 cf = await self.store.get_case(r.case_id, uow.session)
                 if cf.parties is not None:
@@ -122,19 +168,19 @@ class Mediation:
                     nd, events = domain.learn_parties(d, parties, better, covered, now())
                     await self.store.save(nd, d.version, uow.session)
                     self._emit(uow, events, d.case_id)
-                    done.append((nd, events))
+                    done.append((d, nd, events))
                 await self.store.save_case(cf, uow.session)
             return done
 
-        for d, events in await retrying(attempt):
-            self.metrics.observe(d, events)
+        for before, after, events in await retrying(attempt):
+            self.committed(before, after, events)
 
     async def on_assigned(self, a: CaseAssigned) -> None:
         is_mediation = a.handling == Handling.mediation
         level = Level(a.level)
 
-        async def attempt() -> list[tuple[Dossier, list[Emitted]]]:
-            done: list[tuple[Dossier, list[Emitted]]] = []
+        async def attempt() -> list[Done]:
+            done: list[Done] = []
             async with self.rt.outbox.unit_of_work() as uow:
                 s = uow.session
                 cf = await self.store.get_case(a.case_id, s)
@@ -150,7 +196,7 @@ class Mediation:
                         nd, events = domain.close_quietly(d, t, CloseReason.superseded)
                         await self.store.save(nd, d.version, s)
                         self._emit(uow, events, d.case_id)
-                        done.append((nd, events))
+                        done.append((d, nd, events))
                     else:
                         keep.append(d)
                 if is_mediation and not keep:
@@ -170,16 +216,16 @@ class Mediation:
                     if not await self.store.exists(d.mediation_id, s):
                         await self.store.insert(d, s)
                         self._emit(uow, events, d.case_id)
-                        done.append((d, events))
+                        done.append((None, d, events))
                 await self.store.save_case(cf, s)
             return done
 
-        for d, events in await retrying(attempt):
-            self.metrics.observe(d, events)
+        for before, after, events in await retrying(attempt):
+            self.committed(before, after, events)
 
     async def on_closed(self, c: CaseClosed) -> None:
-        async def attempt() -> list[tuple[Dossier, list[Emitted]]]:
-            done: list[tuple[Dossier, list[Emitted]]] = []
+        async def attempt() -> list[Done]:
+            done: list[Done] = []
             async with self.rt.outbox.unit_of_work() as uow:
                 cf = await self.store.get_case(c.case_id, uow.session)
                 if c.version <= cf.closed_version:
@@ -190,12 +236,12 @@ class Mediation:
                         nd, events = domain.close_quietly(d, now(), CloseReason.case_closed)
                         await self.store.save(nd, d.version, uow.session)
                         self._emit(uow, events, d.case_id)
-                        done.append((nd, events))
+                        done.append((d, nd, events))
                 await self.store.save_case(cf, uow.session)
             return done
 
-        for d, events in await retrying(attempt):
-            self.metrics.observe(d, events)
+        for before, after, events in await retrying(attempt):
+            self.committed(before, after, events)
 
     async def on_directory(self, dc: DirectoryChanged) -> None:
         mediators, directors = [], []
@@ -215,7 +261,7 @@ class Mediation:
             await self._auto_assign(waiting.mediation_id)
 
     async def _auto_assign(self, mediation_id: str) -> None:
-        async def attempt() -> tuple[Dossier, list[Emitted]] | None:
+        async def attempt() -> Done | None:
             d = await self.store.get(mediation_id)
             if d is None or d.mediator is not None or not d.is_open:
                 return None
@@ -226,11 +272,11 @@ class Mediation:
             async with self.rt.outbox.unit_of_work() as uow:
                 await self.store.save(nd, d.version, uow.session)
                 self._emit(uow, events, d.case_id)
-            return nd, events
+            return d, nd, events
 
         result = await retrying(attempt)
         if result:
-            self.metrics.observe(*result)
+            self.committed(*result)
 
     # -- commands -------------------------------------------------------------------
 
@@ -241,7 +287,7 @@ class Mediation:
         cmd: MediationCommand = env.data
         rule = domain.COMMANDS[verb]
 
-        async def attempt() -> tuple[Dossier, list[Emitted], dict[str, Any]]:
+        async def attempt() -> tuple[Dossier, Dossier, list[Emitted], dict[str, Any]]:
             d = await self.store.get(cmd.mediation_id)
             if d is None:
                 raise NotFound(f"mediation {cmd.mediation_id}")
@@ -263,15 +309,15 @@ class Mediation:
                     await self.store.save(nd, d.version, uow.session)
                     self._emit(uow, events, nd.case_id)
                 await self.rt.commands.record(env.id, reply, session=uow.session)
-            return nd, events, reply
+            return d, nd, events, reply
 
         try:
-            nd, events, reply = await retrying(attempt)
+            before, nd, events, reply = await retrying(attempt)
         except DomainError as exc:
             # a refusal is an answer too: the same command id keeps getting it
             await self.rt.commands.record(env.id, exc.reply())
             raise
-        self.metrics.observe(nd, events)
+        self.committed(before, nd, events)
         return reply
 
     # -- the 30-day norm ------------------------------------------------------------
@@ -290,5 +336,5 @@ class Mediation:
             except Conflict:
                 continue  # changed meanwhile: the next poll decides again on the new version
             log(logger, logging.INFO, "mediation overdue", mediation_id=nd.mediation_id, case_id=nd.case_id)
-            self.metrics.observe(nd, events)
+            self.committed(d, nd, events)
 

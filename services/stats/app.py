@@ -37,7 +37,7 @@ def register(rt: Runtime) -> None:
 
     for subject in SUBJECTS:
 
-        @rt.messaging.consume(subject)
+        @rt.messaging.consume(subject, batch=512)
         async def on_event(body: RawEvent) -> None:
             await handlers.on_event(body)
 

@@ -169,12 +169,3 @@ def test_privacy_round_trip_and_match_hash(tmp_path) -> None:
     assert Privacy(load_or_create_key(tmp_path / "other")).match_hash("13900001111") != p.match_hash("13900001111")
     assert p.open_bytes(p.seal_bytes(b"raw")) == b"raw"
 
-
-def test_recent_ids_forget_the_oldest() -> None:
-    from services.intake.domain import RecentIds
-
-    ids = RecentIds(2)
-    ids.put("C-1", "a")
-    ids.put("C-2", "b")
-    ids.put("C-3", "c")
-    assert ids.get("C-1") is None and ids.get("C-2") == "b" and ids.get("C-3") == "c"

@@ -239,7 +239,7 @@ async def test_duplicate_linking_to_open_cases(settings, nc) -> None:
         # once closed (both), a new report opens an unlinked case
         for reply, version in ((a, 5), (b, 3)):
             await publish(js, s.case_event("closed"), case_closed(reply["case_id"], version))
-        await eventually(lambda: _eq(count(rt.db.reports, {"open": False}), 2), what="closures learnt")
+        await eventually(lambda: _eq(count(rt.db.cases, {"open": False}), 2), what="closures learnt")
         d = await submit(nc, report(8, building="jl-b7", category="facility.parking"))
         events = {ev["data"]["case_id"]: ev["data"] for ev in await received_events(js)}
         assert events[d["case_id"]]["duplicate_of"] is None
@@ -338,7 +338,7 @@ async def _no_pending(js) -> bool:
 
 
 async def _assigned(rt, case_id: str, who: str) -> bool:
-    doc = await rt.db.reports.find_one({"case_id": case_id})
+    doc = await rt.db.cases.find_one({"_id": case_id})
     return bool(doc and doc.get("assignee") == who)
 
 

@@ -135,3 +135,26 @@ async def test_submit_many_flushes_the_burst_at_once_in_order() -> None:
     assert results == [10, 20, 30]
     assert flushed == [[1, 2, 3]]
     assert await c.submit_many([]) == []
+
+
+async def test_min_interval_spaces_flushes_and_drain_still_flushes_at_once() -> None:
+    starts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def flush(items):
+        starts.append(loop.time())
+        return list(items)
+
+    c: Coalescer[int, int] = Coalescer(flush, max_batch=100, max_delay=0.001, min_interval=0.2)
+    assert await c.submit(1) == 1
+    second = asyncio.create_task(c.submit(2))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # held back: the last flush started less than 0.2 s ago
+    assert await second == 2
+    assert starts[1] - starts[0] >= 0.19
+    # a full batch does not wait, and drain flushes what waits without waiting out the interval
+    assert await asyncio.wait_for(c.submit_many(list(range(100))), timeout=0.1) == list(range(100))
+    third = asyncio.create_task(c.submit(3))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(c.drain(), timeout=0.1)
+    assert third.done() and third.result() == 3

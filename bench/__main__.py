@@ -31,6 +31,8 @@ def parse(argv: list[str] | None) -> Options:
     ap.add_argument("--profile", default="", help="comma-separated services to profile with py-spy during scenario 1")
     ap.add_argument("--escalation-n", type=int, help="cases for scenario 3 (default 100000; quick 3000)")
     ap.add_argument("--stats-n", type=int, help="cases for scenario 4 (default 1000000; quick 20000)")
+    ap.add_argument("--services", help="scenarios 1, 2, 6: start only these services (e.g. intake,routing) "
+                    "to see which one's load costs the others; the figures are then not the system's")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directory (logs of every process)")
     ap.add_argument("--workdir", type=Path, help="data directory to use (kept)")
     a = ap.parse_args(argv)
@@ -46,7 +48,8 @@ def parse(argv: list[str] | None) -> Options:
         if "throughput" in only:
             only.add("floor")
     return Options(quick=a.quick, only=only, profile=tuple(p for p in a.profile.split(",") if p),
-                   escalation_n=a.escalation_n, stats_n=a.stats_n, keep=a.keep, workdir=a.workdir)
+                   escalation_n=a.escalation_n, stats_n=a.stats_n, keep=a.keep, workdir=a.workdir,
+                   services=tuple(x.strip() for x in a.services.split(",")) if a.services else None)
 
 
 async def run(opts: Options, work: Path) -> list[Row]:

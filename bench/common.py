@@ -88,6 +88,7 @@ class Options:
     stats_n: int | None = None
     keep: bool = False  # keep the temp data directory (logs) after the run
     workdir: Path | None = None
+    services: tuple[str, ...] | None = None  # scenarios 1, 2, 6: run only these (which load hurts?)
 
     def d(self, full: float, quick: float) -> float:
         """A duration (or size) for this mode."""

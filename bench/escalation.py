@@ -35,9 +35,11 @@ from .common import (
     Row,
     command,
     consumer_backlog,
+    database_time,
     drop_databases,
     error_row,
     log,
+    log_database_time,
     not_available,
     parse_time,
     percentile,
@@ -178,6 +180,7 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
             await asyncio.sleep(1)
         cutoff = datetime.now(UTC)
         mon.cancel()
+        log_database_time("escalation", await asyncio.to_thread(database_time, stack))
         log("escalation: reading assigned/escalated events back from the stream")
         assigned = await read_subject(js, "GRIDCASE_CASES", ASSIGNED)
         escalated = await read_subject(js, "GRIDCASE_CASES", ESCALATED)

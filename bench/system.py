@@ -45,6 +45,7 @@ from .common import (
     log,
     log_database_time,
     not_available,
+    parse_time,
     percentile,
     reset_streams,
     rss_mb,
@@ -333,6 +334,9 @@ async def scenario_latency(sys_: System, pipe: Pipeline, opts: Options) -> list[
     by_ext: dict[str, str] = {}
     recv_at: dict[str, float] = {}
     asg_at: dict[str, float] = {}
+    # when intake took the report and when routing decided (the events' own `at`): where the time goes
+    took_at: dict[str, float] = {}
+    decided_at: dict[str, float] = {}
 
     async def on_received(msg: Any) -> None:
         d = json.loads(msg.data).get("data", {})
@@ -340,10 +344,12 @@ async def scenario_latency(sys_: System, pipe: Pipeline, opts: Options) -> list[
         if ext.startswith(f"bench-{prefix}-"):
             by_ext[d["case_id"]] = ext
             recv_at.setdefault(ext, time.time())
+            took_at.setdefault(ext, parse_time(d["at"]).timestamp())
 
     async def on_assigned(msg: Any) -> None:
         d = json.loads(msg.data).get("data", {})
         asg_at.setdefault(d.get("case_id", ""), time.time())
+        decided_at.setdefault(d.get("case_id", ""), parse_time(d["at"]).timestamp())
 
     subs = [
         await sys_.nc.subscribe(RECEIVED, cb=on_received, pending_msgs_limit=100_000),
@@ -358,6 +364,7 @@ async def scenario_latency(sys_: System, pipe: Pipeline, opts: Options) -> list[
         for s in subs:
             await s.unsubscribe()
     lat, lat_recv = [], []
+    stages: dict[str, list[float]] = {"to intake": [], "intake": [], "to routing": [], "routing": []}
     for case_id, ext in by_ext.items():
         sent = pacer.sent_at.get(ext)
         if sent is None:
@@ -366,6 +373,9 @@ async def scenario_latency(sys_: System, pipe: Pipeline, opts: Options) -> list[
             lat_recv.append((recv_at[ext] - sent) * 1000)
         if case_id in asg_at:
             lat.append((asg_at[case_id] - sent) * 1000)
+            marks = (sent, took_at[ext], recv_at[ext], decided_at[case_id], asg_at[case_id])
+            for name, a, b in zip(stages, marks, marks[1:], strict=False):
+                stages[name].append((b - a) * 1000)
     missing = pacer.sent - len(lat)
     det = {
         "published": pacer.sent,
@@ -375,9 +385,16 @@ async def scenario_latency(sys_: System, pipe: Pipeline, opts: Options) -> list[
         "received_p99_ms": percentile(lat_recv, 99),
         "max_ms": max(lat) if lat else None,
         "backlog_before": left,
+        # publish → intake takes it → `received` seen → routing decides → `assigned` seen
+        "stages_p50_ms": {k: percentile(v, 50) for k, v in stages.items()},
+        "stages_p99_ms": {k: percentile(v, 99) for k, v in stages.items()},
     }
     note = f"{len(lat)}/{pacer.sent} assigned seen" + (f"; {missing} not assigned within 15 s" if missing else "")
     note += f"; publish→received p99 {det['received_p99_ms'] or 0:.0f} ms"
+    if lat:
+        note += "; p50/p99 by stage: " + ", ".join(
+            f"{k} {det['stages_p50_ms'][k]:.0f}/{det['stages_p99_ms'][k]:.0f}" for k in stages
+        ) + " ms"
     return [
         Row(S2, M2P50, _r(percentile(lat, 50)), "ms", None, "<=", note=note, details=det),
         Row(S2, M2P99, _r(percentile(lat, 99)), "ms", 100, "<=", note=note, status="ok" if lat else "error"),
@@ -437,6 +454,7 @@ async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: floa
         port_offset=free_port_offset(),
         database_prefix=DB_PREFIX,
         extra_env={"GRIDCASE_LOG_LEVEL": "WARNING"},
+        **({"services": opts.services} if opts.services else {}),
     )
     stack = Stack(cfg)
     rows: list[Row] = []

@@ -25,6 +25,7 @@ logger = logging.getLogger("gridcase.timers")
 
 WAKE_AT = "wake_at"
 WAKE_INDEX = IndexModel([(WAKE_AT, ASCENDING)])
+BUSY_INTERVAL_S = 0.02
 
 
 class DuePoller:
@@ -45,8 +46,11 @@ class DuePoller:
         self.field = field
         # one replica polls at a time; another takes over within `lease_ttl` if it dies
         self.lease = Lease(collection.database, f"timers:{collection.name}", ttl=lease_ttl)
+        self._last_ids: set[Any] = set()
 
     async def poll_once(self, now: datetime | None = None) -> int:
+        """Hand the due documents to `on_due`; how many were new since the last poll (a
+        document that stays due — held by a lock, or left for a retry — counts once)."""
         now = now or datetime.now(UTC)
         docs = (
             await self.collection.find({self.field: {"$lte": now}})
@@ -54,9 +58,11 @@ class DuePoller:
             .limit(self.batch)
             .to_list()
         )
+        ids = {d["_id"] for d in docs}
+        fresh, self._last_ids = len(ids - self._last_ids), ids
         if docs:
             await self.on_due(docs, now)
-        return len(docs)
+        return fresh
 
     async def run_forever(self) -> None:
         try:
@@ -69,8 +75,12 @@ class DuePoller:
                 except Exception as exc:
                     log(logger, logging.WARNING, "timer poll failed", error=type(exc).__name__, detail=str(exc)[:200])
                     n = 0
-                if n < self.batch:
+                # while timers are falling due, look again at once: a case due just after a poll
+                # then waits for the current batch, not for a whole idle interval on top of it
+                if n == 0:
                     await asyncio.sleep(self.interval)
+                elif n < self.batch // 2:
+                    await asyncio.sleep(min(BUSY_INTERVAL_S, self.interval))
         finally:  # stopping: hand the lease over at once rather than after its ttl
             await _quietly(self.lease.release())
 

@@ -39,21 +39,24 @@ def register(rt: Runtime) -> None:
     poller = DuePoller(rt.db[TASKS], svc.on_due, interval=rt.settings.timer_poll_s)
     rt.background.append(poller.run_forever)
     rt.background.append(svc.refresh_forever)
+    rt.on_stop.append(svc.case_events.drain)
 
+    # Three durables (deployment config), one batch: each handler waits for its event's place
+    # in the next unit of work (`Dispatch.case_event`). Non-help cases are skipped here, free.
     @rt.messaging.consume(s.case_event("received"))
     async def on_received(body: Envelope[CaseReceived]) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category):
-            await svc.on_received(body.data)
+            await svc.case_event(body.data)
 
     @rt.messaging.consume(s.case_event("assigned"))
     async def on_assigned(body: Envelope[CaseAssigned], msg: NatsMessage) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category, body.data.handling):
-            await svc.on_assigned(body.data, _delivered(msg))
+            await svc.case_event(body.data, _delivered(msg))
 
     @rt.messaging.consume(s.case_event("closed"))
     async def on_closed(body: Envelope[CaseClosed]) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category):
-            await svc.on_closed(body.data)
+            await svc.case_event(body.data)
 
     @rt.messaging.serve(s.command("dispatch", "register_volunteer"))
     async def register_volunteer(body: Envelope[RegisterVolunteer]) -> dict[str, Any]:

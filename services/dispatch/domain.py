@@ -22,7 +22,7 @@ Decisions (see README of the service in `app.py`'s docstring):
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,7 +31,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.contract.common import Category
+from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
+from shared.contract.common import Category, Handling
 from shared.contract.dispatch import (
     OfferAccepted,
     OfferDeclined,
@@ -46,6 +47,7 @@ from shared.contract.dispatch import (
 from shared.errors import DomainError
 
 HOURS_WINDOW = timedelta(days=30)
+WAIT_FOR_RECEIVED = 3  # deliveries of `assigned` that wait for `received` before using defaults
 
 # category → (skills, people) when the report carries no needs
 DEFAULT_NEEDS: dict[str, tuple[tuple[str, ...], int]] = {
@@ -770,6 +772,10 @@ class CaseInfo:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 0  # document version (0 = not stored yet)
 
+    @property
+    def task_ids(self) -> list[str]:
+        return [ref["task_id"] for ref in self.tasks.values()]
+
     def to_doc(self) -> dict[str, Any]:
         return {
             "_id": self.case_id,
@@ -800,3 +806,96 @@ class CaseInfo:
             tasks=dict(d.get("tasks") or {}),
             version=int(d.get("version", 0)),
         )
+
+
+# ---- case events -----------------------------------------------------------------------
+
+
+class NeedsPending(Exception):
+    """`assigned` came before `received`: retried with back-off (transient)."""
+
+
+@dataclass
+class CaseRules:
+    """What dispatch does with a case event, on a case and its tasks already loaded.
+
+    One event or a batch of them (applied in order to the same objects) takes the same rules.
+    `decided(task, outcome)` is called the moment a task's outcome is decided: the caller
+    mirrors the volunteer counters at once, so the next match — in this event or a later one
+    of the batch — sees every offer made before it. Each method returns whether the case
+    document changed.
+    """
+
+    matcher: Matcher
+    ttl: timedelta
+    max_offers: int
+    now: datetime
+    new_task_id: Callable[[], str]
+    decided: Callable[[Task, Outcome], None]
+
+    def received(self, case: CaseInfo, ev: CaseReceived) -> bool:
+        if case.received:
+            return False
+        case.received = True
+        case.category = ev.category.value
+        case.needs = ev.needs.model_dump(mode="json") if ev.needs is not None else None
+        case.languages = sorted({p.language.value for p in ev.parties if p.language is not None})
+        if case.assigned_version == 0:
+            case.community, case.grid = ev.scope.community, ev.scope.grid
+        return True
+
+    def assigned(self, case: CaseInfo, ev: CaseAssigned, tasks: Mapping[str, Task], delivered: int = 1) -> bool:
+        if ev.version <= case.assigned_version or ev.version < case.closed_version:
+            return False  # stale or repeated
+        level = ev.level.value
+        dispatch = ev.handling is Handling.dispatch
+        ref = case.tasks.get(level) if dispatch else None
+        existing = tasks.get(ref["task_id"]) if ref else None
+        carry_on = existing is not None and (existing.active or ev.reason.value != "reopened")
+        if dispatch and not carry_on and not case.received and delivered < WAIT_FOR_RECEIVED:
+            # checked before any change, so the event leaves no trace until it is retried
+            raise NeedsPending(f"case {ev.case_id}: waiting for received")
+        case.assigned_version = ev.version
+        case.category = case.category or ev.category.value
+        case.community, case.grid = ev.scope.community, ev.scope.grid
+        # a newer assignment elsewhere (or not by dispatch) supersedes open tasks
+        for other, other_ref in case.tasks.items():
+            if other == level and dispatch:
+                continue
+            self._cancel(tasks.get(other_ref["task_id"]), "superseded")
+        if carry_on:
+            assert ref is not None
+            ref["assigned_version"] = ev.version  # same task carries on
+        elif dispatch:
+            task = self._open(case, ev)
+            case.tasks[level] = {"task_id": task.id, "assigned_version": ev.version}
+        return True
+
+    def closed(self, case: CaseInfo, ev: CaseClosed, tasks: Mapping[str, Task]) -> bool:
+        if ev.version <= case.closed_version:
+            return False
+        case.closed_version = ev.version
+        for ref in case.tasks.values():
+            self._cancel(tasks.get(ref["task_id"]), "case_closed")
+        return True
+
+    def _cancel(self, task: Task | None, reason: str) -> None:
+        if task is not None and task.active:
+            self.decided(task, task.cancel(self.now, reason))
+
+    def _open(self, case: CaseInfo, ev: CaseAssigned) -> Task:
+        task, outcome = Task.open(
+            task_id=self.new_task_id(),
+            case_id=ev.case_id,
+            level=ev.level.value,
+            category=ev.category.value,
+            community=ev.scope.community,
+            grid=ev.scope.grid,
+            needs=case.needs,
+            languages=case.languages,
+            now=self.now,
+            max_offers=self.max_offers,
+        )
+        outcome.extend(task.offer_next(self.matcher, self.now, self.ttl))
+        self.decided(task, outcome)
+        return task

@@ -4,6 +4,11 @@
 stored change) and the metrics. Each operation runs in `_atomically`, which retries a lost
 version-guarded write (or a transient transaction error) from a fresh load, so two volunteers
 taking the last place at once end with exactly one winner and a clear refusal for the other.
+
+Case events go through one `Coalescer`: a burst of them (all three subjects, in arrival order)
+is one unit of work — one `$in` read per collection, the same `CaseRules` applied event by
+event in memory, bulk writes. A batch that loses a race is taken again event by event
+(`on_received` / `on_assigned` / `on_closed`, each retried by `_atomically`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +25,9 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from shared.app import Runtime
+from shared.batching import Coalescer
 from shared.contract import subjects
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
-from shared.contract.common import Handling
 from shared.contract.dispatch import (
     ClaimTask,
     CompleteTask,
@@ -35,22 +40,47 @@ from shared.errors import Conflict, DomainError, NotFound, lost_race
 from shared.logs import log
 from shared.outbox import UnitOfWork
 
-from .domain import Matcher, Outcome, Registry, Task, VolunteerState
+from .domain import (
+    CaseInfo,
+    CaseRules,
+    Matcher,
+    NeedsPending,
+    Outcome,
+    Registry,
+    Task,
+    VolunteerState,
+)
 from .store import DispatchStore, volunteer_state
 
 logger = logging.getLogger("gridcase.dispatch")
 
 ATTEMPTS = 12
-WAIT_FOR_RECEIVED = 3  # deliveries of `assigned` that wait for `received` before using defaults
 OFFER_OUTCOMES = {"accepted", "declined", "expired"}
-
-
-class NeedsPending(Exception):
-    """`assigned` came before `received`: retried with back-off (transient)."""
+CASE_BATCH = 500  # events per unit of work, at most
+CASE_BATCH_DELAY = 0.003  # s: lets the three consumers' fetches join one batch
 
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+CaseEventData = CaseReceived | CaseAssigned | CaseClosed
+
+
+@dataclass(frozen=True, slots=True)
+class CaseEvent:
+    """One case event waiting for its batch; `delivered` matters to `assigned` only."""
+
+    data: CaseEventData
+    delivered: int = 1
+
+    def apply(self, rules: CaseRules, case: CaseInfo, tasks: Mapping[str, Task]) -> bool:
+        """The domain rule for this event; whether the case document changed."""
+        if isinstance(self.data, CaseReceived):
+            return rules.received(case, self.data)
+        if isinstance(self.data, CaseAssigned):
+            return rules.assigned(case, self.data, tasks, self.delivered)
+        return rules.closed(case, self.data, tasks)
 
 
 @dataclass
@@ -83,6 +113,10 @@ class Dispatch:
         )
         self.m_hours = Counter(
             "gridcase_dispatch_volunteer_hours", "Volunteer hours credited", ["community"], registry=r
+        )
+        # every case event of a burst (all three subjects) shares one unit of work
+        self.case_events: Coalescer[CaseEvent, None] = Coalescer(
+            self._flush_case_events, max_batch=CASE_BATCH, max_delay=CASE_BATCH_DELAY
         )
 
     @property
@@ -186,8 +220,14 @@ class Dispatch:
 
     async def _save(self, uow: UnitOfWork, work: Work, task: Task, outcome: Outcome) -> None:
         self._decided(work, task, outcome)
+        await self._write(uow, task, outcome)
+
+    async def _write(self, uow: UnitOfWork, task: Task, outcome: Outcome) -> None:
         await self.store.save_task(task, uow.session)
         await self.store.apply_effects(outcome.effects, uow.session)
+        self._emit(uow, task, outcome)
+
+    def _emit(self, uow: UnitOfWork, task: Task, outcome: Outcome) -> None:
         for name, data in outcome.events:
             uow.emit(self.rt.event(subjects.dispatch_event(name), data, subject=task.case_id))
 
@@ -198,76 +238,87 @@ class Dispatch:
         return task
 
     # ---- case events ----
-    async def on_received(self, ev: CaseReceived) -> None:
-        async def attempt(uow: UnitOfWork, work: Work) -> None:
-            case = await self.store.get_case(ev.case_id, uow.session)
-            if case.received:
-                return
-            case.received = True
-            case.category = ev.category.value
-            case.needs = ev.needs.model_dump(mode="json") if ev.needs is not None else None
-            case.languages = sorted({p.language.value for p in ev.parties if p.language is not None})
-            if case.assigned_version == 0:
-                case.community, case.grid = ev.scope.community, ev.scope.grid
-            await self.store.save_case(case, uow.session)
+    def _rules(self, work: Work, tasks: dict[str, Task]) -> CaseRules:
+        """The case-event rules for one unit of work over `tasks` (the tasks loaded for it)."""
 
-        await self._atomically(attempt)
+        def decided(task: Task, outcome: Outcome) -> None:
+            tasks.setdefault(task.id, task)  # a task opened now is seen by later events of a batch
+            self._decided(work, task, outcome)
+
+        return CaseRules(self.matcher, self.ttl, self.max_offers, now_utc(), lambda: f"T-{new_id()}", decided)
+
+    async def case_event(self, data: CaseEventData, delivered: int = 1) -> None:
+        """Hand a case event to the current batch; returns once it is stored (or raises for it)."""
+        await self.case_events.submit(CaseEvent(data, delivered))
+
+    async def _flush_case_events(self, items: Sequence[CaseEvent]) -> list[Exception | None]:
+        """A batch of case events in one unit of work; on a lost race, event by event."""
+        work = Work()
+        try:
+            async with self.rt.outbox.unit_of_work() as uow:
+                results = await self._apply_batch(uow, work, items)
+        except Exception as exc:
+            self._undo(work)
+            if not lost_race(exc):
+                raise
+            log(logger, logging.INFO, "case batch lost a race: event by event", events=len(items), error=type(exc).__name__)
+            return await self._one_at_a_time(items)
+        self._committed(work)
+        return results
+
+    async def _apply_batch(self, uow: UnitOfWork, work: Work, items: Sequence[CaseEvent]) -> list[Exception | None]:
+        """Load every case and task of the batch at once, apply the events in order, save once."""
+        cases = await self.store.get_cases((item.data.case_id for item in items), uow.session)
+        tasks = await self.store.get_tasks((tid for case in cases.values() for tid in case.task_ids), uow.session)
+        rules = self._rules(work, tasks)
+        changed: dict[str, CaseInfo] = {}
+        results: list[Exception | None] = []
+        for item in items:
+            case = cases[item.data.case_id]
+            try:
+                if item.apply(rules, case, tasks):
+                    changed[case.case_id] = case
+                results.append(None)
+            except NeedsPending as exc:  # raised before any change: only this event waits
+                results.append(exc)
+        touched = {task.id: task for task, _ in work.outcomes}  # each saved once, as it ends up
+        await self.store.save_cases(changed.values(), uow.session)
+        await self.store.save_tasks(touched.values(), uow.session)
+        await self.store.apply_effects((e for _, o in work.outcomes for e in o.effects), uow.session)
+        for task, outcome in work.outcomes:
+            self._emit(uow, task, outcome)
+        return results
+
+    async def _one_at_a_time(self, items: Sequence[CaseEvent]) -> list[Exception | None]:
+        results: list[Exception | None] = []
+        for item in items:  # in arrival order, each with its own retries
+            try:
+                await self._one(item)
+                results.append(None)
+            except Exception as exc:  # only this event is redelivered (with back-off)
+                results.append(exc)
+        return results
+
+    async def on_received(self, ev: CaseReceived) -> None:
+        await self._one(CaseEvent(ev))
 
     async def on_assigned(self, ev: CaseAssigned, delivered: int = 1) -> None:
-        async def attempt(uow: UnitOfWork, work: Work) -> None:
-            now = now_utc()
-            case = await self.store.get_case(ev.case_id, uow.session)
-            if ev.version <= case.assigned_version or ev.version < case.closed_version:
-                return  # stale or repeated
-            case.assigned_version = ev.version
-            case.category = case.category or ev.category.value
-            case.community, case.grid = ev.scope.community, ev.scope.grid
-            dispatch = ev.handling is Handling.dispatch
-            # a newer assignment elsewhere (or not by dispatch) supersedes open tasks
-            for level, ref in case.tasks.items():
-                if level == ev.level.value and dispatch:
-                    continue
-                task = await self.store.get_task(ref["task_id"], uow.session)
-                if task is not None and task.active:
-                    await self._save(uow, work, task, task.cancel(now, "superseded"))
-            if dispatch:
-                ref = case.tasks.get(ev.level.value)
-                existing = await self.store.get_task(ref["task_id"], uow.session) if ref else None
-                if existing is not None and (existing.active or ev.reason.value != "reopened"):
-                    ref["assigned_version"] = ev.version  # same task carries on
-                else:
-                    if not case.received and delivered < WAIT_FOR_RECEIVED:
-                        raise NeedsPending(f"case {ev.case_id}: waiting for received")
-                    task, outcome = Task.open(
-                        task_id=f"T-{new_id()}",
-                        case_id=ev.case_id,
-                        level=ev.level.value,
-                        category=ev.category.value,
-                        community=ev.scope.community,
-                        grid=ev.scope.grid,
-                        needs=case.needs,
-                        languages=case.languages,
-                        now=now,
-                        max_offers=self.max_offers,
-                    )
-                    outcome.extend(task.offer_next(self.matcher, now, self.ttl))
-                    await self._save(uow, work, task, outcome)
-                    case.tasks[ev.level.value] = {"task_id": task.id, "assigned_version": ev.version}
-            await self.store.save_case(case, uow.session)
-
-        await self._atomically(attempt)
+        await self._one(CaseEvent(ev, delivered))
 
     async def on_closed(self, ev: CaseClosed) -> None:
+        await self._one(CaseEvent(ev))
+
+    async def _one(self, item: CaseEvent) -> None:
+        """One case event in its own unit of work: the path a batch falls back to."""
+
         async def attempt(uow: UnitOfWork, work: Work) -> None:
-            now = now_utc()
-            case = await self.store.get_case(ev.case_id, uow.session)
-            if ev.version <= case.closed_version:
+            case = await self.store.get_case(item.data.case_id, uow.session)
+            needs_tasks = not isinstance(item.data, CaseReceived)
+            tasks = await self.store.get_tasks(case.task_ids, uow.session) if needs_tasks else {}
+            if not item.apply(self._rules(work, tasks), case, tasks):
                 return
-            case.closed_version = ev.version
-            for ref in case.tasks.values():
-                task = await self.store.get_task(ref["task_id"], uow.session)
-                if task is not None and task.active:
-                    await self._save(uow, work, task, task.cancel(now, "case_closed"))
+            for task, outcome in work.outcomes:
+                await self._write(uow, task, outcome)
             await self.store.save_case(case, uow.session)
 
         await self._atomically(attempt)

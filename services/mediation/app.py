@@ -27,23 +27,26 @@ from .handlers import Mediation
 def register(rt: Runtime) -> None:
     """Declare the mediation service on the runtime."""
     svc = Mediation(rt)
+    rt.mediation = svc  # type: ignore[attr-defined]  # for tests and tools in this process
     store.declare(rt.indexes)
     consume, serve = rt.messaging.consume, rt.messaging.serve
 
+    # Three durables (deployment config), one coalescer: the events of a fetched burst share
+    # one transaction, in arrival order. Cases that are not disputes cost nothing.
     @consume(s.case_event("received"))
     async def on_received(body: Envelope[CaseReceived]) -> None:
         if rt.policy.concerns(Handling.mediation, body.data.category):
-            await svc.on_received(body.data)
+            await svc.on_case_event(body.data)
 
     @consume(s.case_event("assigned"))
     async def on_assigned(body: Envelope[CaseAssigned]) -> None:
         if rt.policy.concerns(Handling.mediation, body.data.category, body.data.handling):
-            await svc.on_assigned(body.data)
+            await svc.on_case_event(body.data)
 
     @consume(s.case_event("closed"))
     async def on_closed(body: Envelope[CaseClosed]) -> None:
         if rt.policy.concerns(Handling.mediation, body.data.category):
-            await svc.on_closed(body.data)
+            await svc.on_case_event(body.data)
 
     @consume(s.DIRECTORY_CHANGED)
     async def on_directory(body: Envelope[DirectoryChanged]) -> None:
@@ -74,6 +77,7 @@ def register(rt: Runtime) -> None:
         return await svc.command("record_follow_up", body)
 
     rt.on_start.append(svc.start)
+    rt.on_stop.append(svc.case_events.drain)
     poller = DuePoller(rt.db[store.DOSSIERS], svc.on_due, interval=rt.settings.timer_poll_s)
     rt.background.append(poller.run_forever)
     rt.background.append(svc.refresh_load_forever)

@@ -1,11 +1,16 @@
-"""Mediation handlers: load → domain → save (version-guarded) with events, in one unit of work."""
+"""Mediation handlers: load → domain → save (version-guarded) with events, in one unit of work.
+
+Case events (`received/assigned/closed`) go through one `Coalescer`: a burst shares one unit
+of work — bulk reads, the rules of `cases` applied in arrival order in memory, bulk guarded
+writes. If another writer got there first, each event of the burst takes the per-event path.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -13,23 +18,24 @@ from prometheus_client import Counter, Histogram
 from pymongo.errors import PyMongoError
 
 from shared.app import Runtime
+from shared.batching import Coalescer
 from shared.contract import subjects
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
-from shared.contract.common import Handling, Level, Role
+from shared.contract.common import Role
 from shared.contract.directory import DirectoryChanged
 from shared.contract.envelope import Envelope
 from shared.contract.mediation import MediationCommand
 from shared.errors import Conflict, DomainError, NotFound, lost_race
 from shared.logs import log
 
-from . import domain
-from .domain import CloseReason, Dossier, Emitted
-from .store import Store
+from . import cases, domain
+from .cases import CaseEvent, Done, Working
+from .domain import CaseFile, Dossier, Emitted, Mediator, MediatorChoice
+from .store import Directory, Store
 
 logger = logging.getLogger("gridcase.mediation")
 
 T = TypeVar("T")
-Done = tuple[Dossier | None, Dossier, list[Emitted]]  # a committed change: before, after, its events
 DAY_BUCKETS = (0.5, 1, 2, 3, 5, 7, 10, 14, 21, 30, 45, 60, 90)
 
 
@@ -96,6 +102,11 @@ class MediatorLoad:
     def of(self, mediators: list[str]) -> dict[str, int]:
         return {m: self.counts.get(m, 0) for m in mediators}
 
+    def copy(self) -> MediatorLoad:
+        load = MediatorLoad()
+        load.counts = dict(self.counts)
+        return load
+
     def move(self, before: Dossier | None, after: Dossier | None) -> None:
         for d, sign in ((before, -1), (after, 1)):
             if d is not None and d.is_open and d.mediator:
@@ -114,6 +125,26 @@ class MediatorLoad:
                 log(logger, logging.WARNING, "mediator load refresh failed", error=type(exc).__name__)
 
 
+class Chooser:
+    """Chooses mediators (`cases.Choose`) from one read of the directory and a private copy of
+    the load: a batch counts what it has decided but not committed yet (`decided`), so two
+    dossiers opened in one batch balance as they would one after the other."""
+
+    def __init__(self, directory: Directory, load: MediatorLoad) -> None:
+        self.directory = directory
+        self.load = load.copy()
+
+    def __call__(self, community: str | None, parties: list[dict[str, Any]] | None) -> tuple[MediatorChoice, Mapping[str, Mediator]]:
+        candidates = self.directory.mediators_of(community)
+        load = self.load.of([m.id for m in candidates])
+        langs = domain.party_languages(parties or [])
+        return domain.choose_mediator(candidates, langs, load), {m.id: m for m in candidates}
+
+    def decided(self, done: Sequence[Done]) -> None:
+        for before, after, _ in done:
+            self.load.move(before, after)
+
+
 class Mediation:
     """The service's behaviour, bound to a runtime."""
 
@@ -122,6 +153,8 @@ class Mediation:
         self.store = Store(rt.db)
         self.metrics = Metrics(rt)
         self.load = MediatorLoad()
+        # one coalescer for received/assigned/closed: a batch keeps their arrival order
+        self.case_events: Coalescer[CaseEvent, None] = Coalescer(self._flush_case_events, max_batch=500, max_delay=0.002)
 
     async def start(self) -> None:
         await self.load.refresh(self.store)
@@ -139,109 +172,132 @@ class Mediation:
         for name, data in events:
             uow.emit(self.rt.event(subjects.mediation_event(name), data, subject=case_id))
 
-    async def _choose(self, community: str | None, parties: list[dict[str, Any]] | None) -> tuple[domain.MediatorChoice, dict]:
-        directory = await self.store.get_directory()
-        candidates = directory.mediators_of(community)
-        load = self.load.of([m.id for m in candidates])
-        langs = domain.party_languages(parties or [])
-        return domain.choose_mediator(candidates, langs, load), {m.id: m for m in candidates}
+    async def _chooser(self) -> Chooser:
+        return Chooser(await self.store.get_directory(), self.load)
 
-    # -- case events ----------------------------------------------------------------
+    # -- case events, batched -------------------------------------------------------
+
+    async def on_case_event(self, event: CaseEvent) -> None:
+        """One `case.received/assigned/closed`: applied with the others of its burst."""
+        await self.case_events.submit(event)
+
+    async def _flush_case_events(self, items: Sequence[CaseEvent]) -> list[Exception | None]:
+        """One unit of work for the batch; when someone else wrote meanwhile, the per-event
+        path takes each event (it reloads and retries), so no event is lost or applied twice."""
+        try:
+            done = await self._apply_batch(items)
+        except (Conflict, PyMongoError) as exc:
+            if not lost_race(exc):
+                raise
+            log(logger, logging.INFO, "case event batch lost a race, one at a time", size=len(items), error=type(exc).__name__)
+            return [await self._one(e) for e in items]
+        for change in done:
+            self.committed(*change)
+        return [None] * len(items)
+
+    async def _one(self, event: CaseEvent) -> Exception | None:
+        handler = {CaseReceived: self.on_received, CaseAssigned: self.on_assigned, CaseClosed: self.on_closed}[type(event)]
+        try:
+            await handler(event)  # type: ignore[operator]  # the handler of the event's own type
+        except Exception as exc:  # that message alone is retried with back-off
+            return exc
+        return None
+
+    async def _apply_batch(self, items: Sequence[CaseEvent]) -> list[Done]:
+        """Load every case file and dossier concerned (one query each), apply the events in
+        order in memory, save it all (guarded) with the events: the changes, not yet committed."""
+        chooser = None if all(isinstance(e, CaseClosed) for e in items) else await self._chooser()
+        t = now()
+        async with self.rt.outbox.unit_of_work() as uow:
+            work = await self._load_batch(items, uow.session)
+            for e in items:
+                self._decide(work, e, chooser, t)
+            files, new, changed = work.writes()
+            await self.store.save_cases(files, uow.session)
+            await self.store.insert_many(new, uow.session)
+            await self.store.save_many(changed, uow.session)
+            for _, after, events in work.done:
+                self._emit(uow, events, after.case_id)
+        return work.done
+
+    def _decide(self, work: Working, e: CaseEvent, chooser: Chooser | None, t: datetime) -> None:
+        """One event of a batch, with the per-event rules, on what the batch has decided so far."""
+        cf = work.case(e.case_id)
+        if isinstance(e, CaseClosed):
+            work.apply(cf, cases.closed(cf, e, work.open_of(e.case_id), t))
+            return
+        assert chooser is not None  # read for any batch with a received or an assigned
+        if isinstance(e, CaseReceived):
+            done = cases.received(cf, e, work.missing_parties_of(e.case_id), chooser, t)
+        else:
+            done = cases.assigned(cf, e, work.open_of(e.case_id), chooser, t, self.rt.policy.mediation_norm)
+        chooser.decided(done or [])  # the next choice in this batch counts these dossiers
+        work.apply(cf, done)
+
+    async def _load_batch(self, items: Sequence[CaseEvent], s: Any) -> Working:
+        ids = list(dict.fromkeys(e.case_id for e in items))
+        # `received` looks at dossiers missing parties, `assigned`/`closed` at open ones
+        learning = list(dict.fromkeys(e.case_id for e in items if isinstance(e, CaseReceived)))
+        moving = list(dict.fromkeys(e.case_id for e in items if not isinstance(e, CaseReceived)))
+        files = await self.store.get_cases(ids, s)
+        dossiers = await self.store.open_for_cases(moving, s) if moving else []
+        if learning:
+            dossiers += await self.store.missing_parties_of(learning, s)
+        return Working(files, dossiers)
+
+    # -- case events, one at a time (the batch's fallback): each its own unit of work --
 
     async def on_received(self, r: CaseReceived) -> None:
-        parties = [p.model_dump(mode="json") for p in r.parties]
-        langs = domain.party_languages(parties)
+        async def decide(s: Any) -> tuple[CaseFile, list[Done] | None]:
+            cf = await self.store.get_case(r.case_id, s)
+            missing = await self.store.missing_parties(r.case_id, s)
+            return cf, cases.received(cf, r, missing, await self._chooser(), now())
 
-        async def attempt() -> list[Done]:
-            done: list[Done] = []
-            async with self.rt.outbox.unit_of_work() as uow:
-                cf = await self.store.get_case(r.case_id, uow.session)
-                if cf.parties is not None:
-                    return []  # already known (redelivery)
-                cf.parties = parties
-                cf.community = cf.community or r.scope.community
-                cf.category = cf.category or r.category
-                for d in await self.store.missing_parties(r.case_id, uow.session):
-                    better, known = await self._choose(d.community, parties)
-                    current = known.get(d.mediator) if d.mediator else None
-                    covered = len(current.languages & langs) if current else 0
-                    nd, events = domain.learn_parties(d, parties, better, covered, now())
-                    await self.store.save(nd, d.version, uow.session)
-                    self._emit(uow, events, d.case_id)
-                    done.append((d, nd, events))
-                await self.store.save_case(cf, uow.session)
-            return done
-
-        for before, after, events in await retrying(attempt):
-            self.committed(before, after, events)
+        await self._per_event(decide)
 
     async def on_assigned(self, a: CaseAssigned) -> None:
-        is_mediation = a.handling == Handling.mediation
-        level = Level(a.level)
+        async def decide(s: Any) -> tuple[CaseFile, list[Done] | None]:
+            cf = await self.store.get_case(a.case_id, s)
+            open_ = await self.store.open_for_case(a.case_id, s)
+            return cf, cases.assigned(cf, a, open_, await self._chooser(), now(), self.rt.policy.mediation_norm)
 
-        async def attempt() -> list[Done]:
-            done: list[Done] = []
-            async with self.rt.outbox.unit_of_work() as uow:
-                s = uow.session
-                cf = await self.store.get_case(a.case_id, s)
-                if not cf.newer_assignment(a.version):
-                    return []  # repeated or stale assignment
-                cf.assigned_version = a.version
-                cf.community = a.scope.community or cf.community
-                cf.category = a.category
-                t = now()
-                keep = []
-                for d in await self.store.open_for_case(a.case_id, s):
-                    if domain.supersedes(d, level, is_mediation):
-                        nd, events = domain.close_quietly(d, t, CloseReason.superseded)
-                        await self.store.save(nd, d.version, s)
-                        self._emit(uow, events, d.case_id)
-                        done.append((d, nd, events))
-                    else:
-                        keep.append(d)
-                if is_mediation and not keep:
-                    choice, _ = await self._choose(cf.community, cf.parties)
-                    d, events = domain.open_dossier(
-                        case_id=a.case_id,
-                        level=level,
-                        case_version=a.version,
-                        community=cf.community,
-                        category=str(a.category),
-                        parties=cf.parties,
-                        choice=choice,
-                        now=t,
-                        norm=self.rt.policy.mediation_norm,
-                        assigned_at=a.at,
-                    )
-                    if not await self.store.exists(d.mediation_id, s):
-                        await self.store.insert(d, s)
-                        self._emit(uow, events, d.case_id)
-                        done.append((None, d, events))
-                await self.store.save_case(cf, s)
-            return done
-
-        for before, after, events in await retrying(attempt):
-            self.committed(before, after, events)
+        await self._per_event(decide)
 
     async def on_closed(self, c: CaseClosed) -> None:
-        async def attempt() -> list[Done]:
-            done: list[Done] = []
-            async with self.rt.outbox.unit_of_work() as uow:
-                cf = await self.store.get_case(c.case_id, uow.session)
-                if c.version <= cf.closed_version:
-                    return []
-                cf.closed_version = c.version
-                for d in await self.store.open_for_case(c.case_id, uow.session):
-                    if d.assigned_version < c.version:
-                        nd, events = domain.close_quietly(d, now(), CloseReason.case_closed)
-                        await self.store.save(nd, d.version, uow.session)
-                        self._emit(uow, events, d.case_id)
-                        done.append((d, nd, events))
-                await self.store.save_case(cf, uow.session)
-            return done
+        async def decide(s: Any) -> tuple[CaseFile, list[Done] | None]:
+            cf = await self.store.get_case(c.case_id, s)
+            return cf, cases.closed(cf, c, await self.store.open_for_case(c.case_id, s), now())
 
-        for before, after, events in await retrying(attempt):
-            self.committed(before, after, events)
+        await self._per_event(decide)
+
+    async def _per_event(self, decide: Callable[[Any], Awaitable[tuple[CaseFile, list[Done] | None]]]) -> None:
+        """Load → decide → save in one unit of work, retried on a lost race; then account."""
+
+        async def attempt() -> list[Done]:
+            saved: list[Done] = []
+            async with self.rt.outbox.unit_of_work() as uow:
+                cf, done = await decide(uow.session)
+                if done is None:
+                    return []  # nothing to do (redelivery, stale)
+                for change in done:
+                    if await self._save_change(uow, change):
+                        saved.append(change)
+                await self.store.save_case(cf, uow.session)
+            return saved
+
+        for change in await retrying(attempt):
+            self.committed(*change)
+
+    async def _save_change(self, uow: Any, change: Done) -> bool:
+        before, after, events = change
+        if before is None:
+            if await self.store.exists(after.mediation_id, uow.session):
+                return False  # opened already: its id is deterministic
+            await self.store.insert(after, uow.session)
+        else:
+            await self.store.save(after, before.version, uow.session)
+        self._emit(uow, events, after.case_id)
+        return True
 
     async def on_directory(self, dc: DirectoryChanged) -> None:
         mediators, directors = [], []
@@ -265,7 +321,7 @@ class Mediation:
             d = await self.store.get(mediation_id)
             if d is None or d.mediator is not None or not d.is_open:
                 return None
-            choice, _ = await self._choose(d.community, d.parties)
+            choice, _ = (await self._chooser())(d.community, d.parties)
             nd, events = domain.auto_assign(d, choice, now())
             if not events:
                 return None

@@ -1,17 +1,20 @@
 """The mediation database: dossiers, what is known of each case, the mediators' directory.
 
 Every write is an `_id` lookup with a version guard (SecantusDB scans on `find_one_and_update`).
+A batch of case events reads with `$in` and writes with `insert_many` / `bulk_write`; a guard
+that does not match raises `Conflict` (the caller's transaction aborts and it tries again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.operations import IndexModel
 
 from shared.db import Indexes
@@ -90,6 +93,18 @@ class Store:
         docs = await self.dossiers.find({"case_id": case_id, "parties_known": False}, session=session).to_list()
         return [from_doc(d) for d in docs]
 
+    async def open_for_cases(self, case_ids: Sequence[str], session: AsyncClientSession) -> list[Dossier]:
+        docs = await self.dossiers.find(
+            {"case_id": {"$in": list(case_ids)}, "state": State.open.value}, session=session
+        ).to_list()
+        return [from_doc(d) for d in docs]
+
+    async def missing_parties_of(self, case_ids: Sequence[str], session: AsyncClientSession) -> list[Dossier]:
+        docs = await self.dossiers.find(
+            {"case_id": {"$in": list(case_ids)}, "parties_known": False}, session=session
+        ).to_list()
+        return [from_doc(d) for d in docs]
+
     async def open_without_mediator(self, communities: Iterable[str]) -> list[Dossier]:
         docs = await self.dossiers.find(
             {"state": State.open.value, "mediator": None, "community": {"$in": list(communities)}}
@@ -109,6 +124,20 @@ class Store:
 
     async def insert(self, d: Dossier, session: AsyncClientSession) -> None:
         await self.dossiers.insert_one(to_doc(d), session=session)
+
+    async def insert_many(self, dossiers: Sequence[Dossier], session: AsyncClientSession) -> None:
+        """New dossiers; `Conflict` when one exists already (its id is deterministic)."""
+        if dossiers:
+            await _insert_new(self.dossiers, [to_doc(d) for d in dossiers], session, "dossier")
+
+    async def save_many(self, changes: Sequence[tuple[Dossier, int]], session: AsyncClientSession) -> None:
+        """Version-guarded replaces `(dossier, expected version)` in one statement."""
+        if not changes:
+            return
+        ops = [ReplaceOne({"_id": d.mediation_id, "version": v}, to_doc(d)) for d, v in changes]
+        result = await self.dossiers.bulk_write(ops, ordered=False, session=session)
+        if result.matched_count != len(ops):
+            raise Conflict(f"{len(ops) - result.matched_count} of {len(ops)} dossiers changed meanwhile")
 
     async def save(self, d: Dossier, expected_version: int, session: AsyncClientSession | None = None) -> None:
         """Version-guarded replace; `Conflict` when someone else wrote first."""
@@ -130,19 +159,27 @@ class Store:
         doc = await self.cases.find_one({"_id": case_id}, session=session)
         return CaseFile.model_validate(doc) if doc else CaseFile(case_id=case_id)
 
+    async def get_cases(self, case_ids: Sequence[str], session: AsyncClientSession) -> dict[str, CaseFile]:
+        """Every case asked for: a new (empty) case file for those not stored yet."""
+        docs = await self.cases.find({"_id": {"$in": list(case_ids)}}, session=session).to_list()
+        stored = {d["_id"]: CaseFile.model_validate(d) for d in docs}
+        return {cid: stored.get(cid) or CaseFile(case_id=cid) for cid in case_ids}
+
     async def save_case(self, cf: CaseFile, session: AsyncClientSession) -> None:
         """Guarded by `rev`: concurrent `received`/`assigned`/`closed` of one case serialise here."""
-        expected = cf.rev
-        doc = {"_id": cf.case_id, **cf.model_dump(), "rev": expected + 1}
-        if expected == 0:
-            try:
-                await self.cases.insert_one(doc, session=session)
-            except DuplicateKeyError as exc:
-                raise Conflict(f"case {cf.case_id} created concurrently") from exc
-        else:
-            result = await self.cases.replace_one({"_id": cf.case_id, "rev": expected}, doc, session=session)
-            if result.matched_count != 1:
-                raise Conflict(f"case {cf.case_id} changed concurrently")
+        await self.save_cases([cf], session)
+
+    async def save_cases(self, files: Sequence[CaseFile], session: AsyncClientSession) -> None:
+        """New case files inserted, known ones replaced guarded by `rev`; `Conflict` when any
+        was created or changed by someone else since it was read."""
+        new = [_case_doc(cf) for cf in files if cf.rev == 0]
+        ops = [ReplaceOne({"_id": cf.case_id, "rev": cf.rev}, _case_doc(cf)) for cf in files if cf.rev != 0]
+        if new:
+            await _insert_new(self.cases, new, session, "case file")
+        if ops:
+            result = await self.cases.bulk_write(ops, ordered=False, session=session)
+            if result.matched_count != len(ops):
+                raise Conflict(f"{len(ops) - result.matched_count} of {len(ops)} case files changed concurrently")
 
     # -- directory ------------------------------------------------------------------
 
@@ -160,3 +197,22 @@ class Store:
         except DuplicateKeyError:
             return False
         return result.matched_count == 1 or result.upserted_id is not None
+
+
+async def _insert_new(collection: AsyncCollection, docs: list[dict[str, Any]], session: AsyncClientSession, what: str) -> None:
+    """Insert documents that must not exist yet: a duplicate key is someone else's write."""
+    try:
+        await collection.insert_many(docs, ordered=False, session=session)
+    except BulkWriteError as exc:
+        if not _only_duplicates(exc):
+            raise
+        raise Conflict(f"{what} created concurrently") from exc
+
+
+def _case_doc(cf: CaseFile) -> dict[str, Any]:
+    return {"_id": cf.case_id, **cf.model_dump(), "rev": cf.rev + 1}
+
+
+def _only_duplicates(exc: BulkWriteError) -> bool:
+    errors = (exc.details or {}).get("writeErrors") or []
+    return bool(errors) and all(e.get("code") == 11000 for e in errors)

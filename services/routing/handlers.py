@@ -51,7 +51,10 @@ class Routing:
         self.directory_nudge = asyncio.Event()
 
     def ctx(self, now: datetime | None = None) -> Ctx:
-        return Ctx(self.rt.policy, self.index, self.workload, now or utcnow())
+        # whole milliseconds, as stored (BSON): a deadline in an event is exactly the stored one,
+        # so a timer never fires a fraction of a millisecond before the deadline it announced
+        now = now or utcnow()
+        return Ctx(self.rt.policy, self.index, self.workload, now.replace(microsecond=now.microsecond // 1000 * 1000))
 
     # ---- start -------------------------------------------------------------------------
     async def start(self) -> None:

@@ -285,3 +285,30 @@ async def test_a_batch_that_always_fails_is_dead_lettered_per_message(batch_prob
 
 async def _count(rt: Runtime, n: int) -> bool:
     return await rt.db.seen.count_documents({}) >= n
+
+
+async def test_due_poller_counts_each_due_document_once(mongodb_url, db_prefix) -> None:
+    """The poller looks again at once only while new documents fall due: one that stays due
+    (held by a lock, left for a retry) does not keep it polling hot."""
+    from datetime import UTC, datetime, timedelta
+
+    from pymongo import AsyncMongoClient
+
+    from shared.timers import DuePoller
+
+    seen: list[list[str]] = []
+
+    async def on_due(docs, now) -> None:
+        seen.append([d["_id"] for d in docs])
+
+    async with AsyncMongoClient(mongodb_url) as client:
+        col = client[f"{db_prefix}_timers"]["things"]
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        await col.insert_many([{"_id": "a", "wake_at": past}, {"_id": "b", "wake_at": past + timedelta(milliseconds=1)},
+                               {"_id": "later", "wake_at": past + timedelta(hours=1)}])
+        poller = DuePoller(col, on_due)
+        assert await poller.poll_once() == 2  # both new
+        assert await poller.poll_once() == 0  # still due (on_due left them), nothing new
+        await col.insert_one({"_id": "c", "wake_at": past})
+        assert await poller.poll_once() == 1
+        assert [sorted(ids) for ids in seen] == [["a", "b"], ["a", "b"], ["a", "b", "c"]]

@@ -491,6 +491,7 @@ async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: floa
         if "latency" in want:
             try:
                 rows += await scenario_latency(sys_, pipe, opts)
+                log_database_time("latency", await asyncio.to_thread(database_time, stack))
             except Exception as exc:
                 rows.append(error_row(S2, M2P99, exc, target=100, op="<=", unit="ms"))
         ran_load = False

@@ -293,11 +293,14 @@ class Messaging:
     def js(self) -> JetStreamContext:
         return self.nc.jetstream()
 
-    def consume(self, subject: str, *, durable: str | None = None, batch: int | None = None, **kw: Any):
-        """Decorator: a durable pull consumer of `subject` (DESIGN §4)."""
-        return self._pull_subscriber(subject, durable, batch or self.settings.fetch_batch, FsAckPolicy.ACK, **kw)
+    def consume(
+        self, subject: str, *, durable: str | None = None, batch: int | None = None, hot: bool = False, **kw: Any
+    ):
+        """Decorator: a durable pull consumer of `subject` (DESIGN §4). `hot`: on the report →
+        assigned path, so its pulls wait `fetch_wait_s` rather than `fetch_wait_background_s`."""
+        return self._pull_subscriber(subject, durable, batch or self.settings.fetch_batch, FsAckPolicy.ACK, hot=hot, **kw)
 
-    def consume_batches(self, subject: str, *, batch: int, overlap: int = 2, **kw: Any):
+    def consume_batches(self, subject: str, *, batch: int, overlap: int = 2, hot: bool = False, **kw: Any):
         """Decorator: a durable pull consumer whose handler takes each fetched batch whole, as
         a list of raw bodies — no per-message framework cost on a hot path.
 
@@ -309,7 +312,7 @@ class Messaging:
         """
         # acked by `_run_batch` once the handler is done
         subscriber = self._pull_subscriber(
-            subject, None, batch, FsAckPolicy.MANUAL, whole_batches=True, decoder=_whole_batch, **kw
+            subject, None, batch, FsAckPolicy.MANUAL, whole_batches=True, hot=hot, decoder=_whole_batch, **kw
         )
 
         def decorate(handler: BatchHandler):
@@ -357,16 +360,25 @@ class Messaging:
             await asyncio.gather(*list(self._batches), return_exceptions=True)
 
     def _pull_subscriber(
-        self, subject: str, durable: str | None, batch: int, ack_policy: FsAckPolicy, *, whole_batches: bool = False, **kw: Any
+        self,
+        subject: str,
+        durable: str | None,
+        batch: int,
+        ack_policy: FsAckPolicy,
+        *,
+        whole_batches: bool = False,
+        hot: bool = False,
+        **kw: Any,
     ):
         """FastStream's durable pull subscriber for the consumer spec of `subject`."""
         spec = self._consumer_spec(subject, durable, batch)
+        wait = self.settings.fetch_wait_s if hot else self.settings.fetch_wait_background_s
         return self.broker.subscriber(
             subject,
             stream=JStream(spec.stream, declare=False),
             durable=spec.durable,
             config=spec.config(),
-            pull_sub=PullSub(batch_size=batch, timeout=self.settings.fetch_wait_s, batch=whole_batches),
+            pull_sub=PullSub(batch_size=batch, timeout=wait, batch=whole_batches),
             ack_policy=ack_policy,
             **kw,
         )

@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     fetch_batch: int = Field(default=128, ge=1, le=1024)
     # How long one pull waits to fill its batch. A pull returns when the batch is full or this
     # runs out, so at low rates it is added to every hop's latency; at high rates batches fill.
+    # `fetch_wait_s` is for the hops of report → assigned (intake, routing); the consumers off
+    # that path wait longer: each idle pull costs the service and nats-server CPU, and on a
+    # small box that CPU is what the hot path needs.
     fetch_wait_s: float = Field(default=0.03, gt=0, le=30)
+    fetch_wait_background_s: float = Field(default=0.25, gt=0, le=30)
     # Intake: key for encrypting phones (base64 Fernet key); dev default is generated into data_dir.
     intake_key: str | None = None
     timer_poll_s: float = Field(default=0.25, gt=0)

@@ -43,7 +43,9 @@ def register(rt: Runtime) -> None:
 
     # Three durables (deployment config), one batch: each handler waits for its event's place
     # in the next unit of work (`Dispatch.case_event`). Non-help cases are skipped here, free.
-    @rt.messaging.consume(s.case_event("received"))
+    # hot: `received` should be here before routing has assigned the case (then the parties or
+    # needs are known when the dossier or task opens); `assigned` and `closed` can wait longer
+    @rt.messaging.consume(s.case_event("received"), hot=True)
     async def on_received(body: Envelope[CaseReceived]) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category):
             await svc.case_event(body.data)

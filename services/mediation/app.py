@@ -33,7 +33,9 @@ def register(rt: Runtime) -> None:
 
     # Three durables (deployment config), one coalescer: the events of a fetched burst share
     # one transaction, in arrival order. Cases that are not disputes cost nothing.
-    @consume(s.case_event("received"))
+    # hot: `received` should be here before routing has assigned the case (then the parties or
+    # needs are known when the dossier or task opens); `assigned` and `closed` can wait longer
+    @consume(s.case_event("received"), hot=True)
     async def on_received(body: Envelope[CaseReceived]) -> None:
         if rt.policy.concerns(Handling.mediation, body.data.category):
             await svc.on_case_event(body.data)

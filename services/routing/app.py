@@ -39,6 +39,7 @@ def register(rt: Runtime) -> None:
     rt.background.append(poller.run_forever)
     rt.background.append(routing.watch_directory)
     rt.on_stop.append(routing.received.drain)
+    rt.on_stop.append(routing.outcomes.drain)
 
     @rt.messaging.serve(s.DIRECTORY_LOAD)
     async def load_directory(body: Envelope[Directory]) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def register(rt: Runtime) -> None:
     for verb, model in COMMAND_MODELS.items():
         _serve_command(rt, routing, verb, model)
 
-    @rt.messaging.consume(s.case_event("received"), batch=256)
+    @rt.messaging.consume(s.case_event("received"), batch=256, hot=True)
     async def on_received(body: Envelope[case_contract.CaseReceived]) -> None:
         await routing.on_received(body)
 

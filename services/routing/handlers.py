@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,15 @@ logger = logging.getLogger("gridcase.routing")
 RETRIES = 8
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What another service reports on a case, and the domain rule that applies it."""
+
+    case_id: str
+    event_id: str
+    rule: Callable[[Case, Ctx], list]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -47,6 +57,7 @@ class Routing:
         self.metrics = RoutingMetrics(rt.registry)
         self._blocked: dict[str, datetime] = {}
         self.received = Coalescer(self._flush_received, max_batch=500, max_delay=0.002)
+        self.outcomes: Coalescer[Outcome, None] = Coalescer(self._flush_outcomes, max_batch=500, max_delay=0.002)
         self.case_locks = KeyedLocks()
         self.directory_nudge = asyncio.Event()
 
@@ -273,14 +284,57 @@ class Routing:
 
     # ---- outcomes from mediation and dispatch --------------------------------------------
     async def apply_external(self, case_id: str, event_id: str, rule: Callable[[Case, Ctx], list]) -> None:
+        """An outcome event (mediation, dispatch): applied with the others of its burst."""
+        await self.outcomes.submit(Outcome(case_id, event_id, rule))
+
+    async def _flush_outcomes(self, items: Sequence[Outcome]) -> list[Any]:
+        """One unit of work for a burst of outcomes: the cases read at once, the rules applied
+        in arrival order, the cases replaced version-guarded. If a case moved on meanwhile (or a
+        rule refuses), each outcome takes the one-at-a-time path, which reloads and retries."""
+        try:
+            changes = await self._apply_outcomes(items)
+        except (Conflict, BadMessage, DomainError, PyMongoError) as exc:
+            if isinstance(exc, PyMongoError) and not lost_race(exc):
+                raise
+            results: list[Any] = []
+            for item in items:
+                try:
+                    await self._apply_one(item)
+                    results.append(None)
+                except Exception as one:  # that message alone is retried (or dead-lettered)
+                    results.append(one)
+            return results
+        for before, case, events in changes:
+            self.committed(before, case, events)
+        return [None] * len(items)
+
+    async def _apply_outcomes(self, items: Sequence[Outcome]) -> list[tuple[Case, Case, list]]:
+        loaded = await self.store.get_many(list(dict.fromkeys(i.case_id for i in items)))
+        ctx = self.ctx()
+        changes: dict[str, tuple[Case, Case, list]] = {}
+        for item in items:
+            if item.case_id not in loaded:
+                raise BadMessage(f"unknown case {item.case_id}")
+            before, case, events = changes.get(item.case_id) or (loaded[item.case_id], loaded[item.case_id].copy(), [])
+            if not domain.seen(case, item.event_id):
+                events = [*events, *item.rule(case, ctx)]
+            changes[item.case_id] = (before, case, events)
+        async with self.rt.outbox.unit_of_work() as uow:
+            if not await self.store.replace_many([(c, b.rev) for b, c, _ in changes.values()], uow.session):
+                raise Conflict()
+            for _, case, events in changes.values():
+                uow.emit(*self.envelopes(case.id, events))
+        return list(changes.values())
+
+    async def _apply_one(self, item: Outcome) -> None:
         for _ in range(RETRIES):
-            before = await self.store.get(case_id)
+            before = await self.store.get(item.case_id)
             if before is None:
-                raise BadMessage(f"unknown case {case_id}")
+                raise BadMessage(f"unknown case {item.case_id}")
             case = before.copy()
-            if domain.seen(case, event_id):
+            if domain.seen(case, item.event_id):
                 return
-            events = rule(case, self.ctx())
+            events = item.rule(case, self.ctx())
             try:
                 async with self.rt.outbox.unit_of_work() as uow:
                     if not await self.store.replace(case, before.rev, uow.session):

@@ -41,6 +41,9 @@ class Store:
         doc = await self.cases.find_one({"_id": case_id})
         return Case.from_doc(doc) if doc else None
 
+    async def get_many(self, case_ids: Sequence[str]) -> dict[str, Case]:
+        return {d["_id"]: Case.from_doc(d) async for d in self.cases.find({"_id": {"$in": list(case_ids)}})}
+
     async def insert(self, cases: Sequence[Case], session: AsyncClientSession) -> None:
         docs = [c.to_doc() for c in cases]
         if len(docs) == 1:

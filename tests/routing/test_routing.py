@@ -235,3 +235,32 @@ async def test_metrics(routing_env: Env) -> None:
     reg = env.rt.registry
     assert reg.get_sample_value("gridcase_routing_cases_assigned_total", {"level": "grid", "reason": "new"}) == 1
     assert reg.get_sample_value("gridcase_routing_open_cases", {"level": "grid", "community": "c1"}) == 1
+
+
+async def test_a_burst_of_outcomes_is_applied_once_each_in_few_transactions(routing_env: Env) -> None:
+    """Outcomes arriving together share units of work; a repeat in the same burst changes nothing."""
+    env = routing_env
+    js = env.js
+    datas = [received(category="help.home_service", building=f"c2-g0{1 + i % 9}-b0{1 + i % 9}") for i in range(30)]
+    for d in datas:
+        await publish_received(js, d)
+    await eventually(lambda: _count_named(env, "assigned", 30), what="30 assigned")
+
+    def commits() -> float:
+        return env.rt.registry.get_sample_value("gridcase_db_command_seconds_count", {"command": "commitTransaction", "collection": "-"}) or 0.0
+
+    before = commits()
+    for d in datas:
+        task = {"task_id": "T-1", "at": "2026-11-30T00:00:00Z", "case_id": d.case_id, "volunteer": "v-9", "hours": 1.5}
+        await publish_event(js, s.dispatch_event("completed"), task, source="/gridcase/dispatch")
+        await publish_event(js, s.dispatch_event("completed"), task, source="/gridcase/dispatch")  # reported twice
+    await eventually(lambda: _count_named(env, "resolved", 30), what="30 resolved")
+    await asyncio.sleep(0.5)
+    ids = {d.case_id for d in datas}
+    resolved = [e[1]["case_id"] for e in await env.events() if e[0] == "resolved" and e[1]["case_id"] in ids]
+    assert sorted(resolved) == sorted(ids)  # once each
+    assert commits() - before < 20  # 60 outcome events, far fewer transactions
+
+
+async def _count_named(env: Env, name: str, n: int) -> bool:
+    return sum(1 for e in await env.events() if e[0] == name) >= n

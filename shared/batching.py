@@ -130,3 +130,16 @@ class Coalescer(Generic[T, R]):
             self._start_flush(force=True)
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def one_by_one(items: Sequence[T], handle: Callable[[T], Awaitable[object]]) -> list[Exception | None]:
+    """The fallback of a batched flush: each item on its own, in order; a failure fails only
+    that item (its message is retried with back-off), as a flush result list wants it."""
+    results: list[Exception | None] = []
+    for item in items:
+        try:
+            await handle(item)
+            results.append(None)
+        except Exception as exc:
+            results.append(exc)
+    return results

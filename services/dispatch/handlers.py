@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from shared.app import Runtime
-from shared.batching import Coalescer
+from shared.batching import Coalescer, one_by_one
 from shared.contract import subjects
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
 from shared.contract.dispatch import (
@@ -290,14 +290,7 @@ class Dispatch:
         return results
 
     async def _one_at_a_time(self, items: Sequence[CaseEvent]) -> list[Exception | None]:
-        results: list[Exception | None] = []
-        for item in items:  # in arrival order, each with its own retries
-            try:
-                await self._one(item)
-                results.append(None)
-            except Exception as exc:  # only this event is redelivered (with back-off)
-                results.append(exc)
-        return results
+        return await one_by_one(items, self._one)  # in arrival order, each with its own retries
 
     async def on_received(self, ev: CaseReceived) -> None:
         await self._one(CaseEvent(ev))

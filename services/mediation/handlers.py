@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from pymongo.errors import PyMongoError
 
 from shared.app import Runtime
-from shared.batching import Coalescer
+from shared.batching import Coalescer, one_by_one
 from shared.contract import subjects
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
 from shared.contract.common import Role
@@ -190,18 +190,14 @@ class Mediation:
             if not lost_race(exc):
                 raise
             log(logger, logging.INFO, "case event batch lost a race, one at a time", size=len(items), error=type(exc).__name__)
-            return [await self._one(e) for e in items]
+            return await one_by_one(items, self._one)
         for change in done:
             self.committed(*change)
         return [None] * len(items)
 
-    async def _one(self, event: CaseEvent) -> Exception | None:
+    async def _one(self, event: CaseEvent) -> None:
         handler = {CaseReceived: self.on_received, CaseAssigned: self.on_assigned, CaseClosed: self.on_closed}[type(event)]
-        try:
-            await handler(event)  # type: ignore[operator]  # the handler of the event's own type
-        except Exception as exc:  # that message alone is retried with back-off
-            return exc
-        return None
+        await handler(event)  # type: ignore[operator]  # the handler of the event's own type
 
     async def _apply_batch(self, items: Sequence[CaseEvent]) -> list[Done]:
         """Load every case file and dossier concerned (one query each), apply the events in

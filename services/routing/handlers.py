@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from shared.app import Runtime
-from shared.batching import Coalescer
+from shared.batching import Coalescer, one_by_one
 from shared.contract import subjects
 from shared.contract.case import CaseReceived, case_reply
 from shared.contract.directory import Directory, DirectoryChanged
@@ -183,14 +183,7 @@ class Routing:
             # process left open: undo and take them one at a time, so only that one waits
             for case, _ in opened:
                 self.workload.move(domain.workload_key(case), None)
-            results: list[Any] = []
-            for data in items:
-                try:
-                    await self._open_one(data)
-                    results.append(None)
-                except Exception as one:  # that message alone is retried with back-off
-                    results.append(one)
-            return results
+            return await one_by_one(items, self._open_one)
         for case, events in opened:
             self.workload.move(domain.workload_key(case), None)
             self.committed(None, case, events)
@@ -296,14 +289,7 @@ class Routing:
         except (Conflict, BadMessage, DomainError, PyMongoError) as exc:
             if isinstance(exc, PyMongoError) and not lost_race(exc):
                 raise
-            results: list[Any] = []
-            for item in items:
-                try:
-                    await self._apply_one(item)
-                    results.append(None)
-                except Exception as one:  # that message alone is retried (or dead-lettered)
-                    results.append(one)
-            return results
+            return await one_by_one(items, self._apply_one)
         for before, case, events in changes:
             self.committed(before, case, events)
         return [None] * len(items)

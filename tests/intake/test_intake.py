@@ -371,3 +371,28 @@ async def test_a_report_whose_key_is_locked_holds_up_only_itself(settings, nc, m
         await eventually(lambda: _eq(count(reports), 40), timeout=30, what="the held report once freed")
         events = await eventually(lambda: _at_least(received_events(js), 40), what="40 received events")
         assert Counter(e["data"]["external_id"] for e in events) == Counter(f"ext-{i}" for i in range(40))
+
+
+async def test_a_store_from_before_the_case_view_is_migrated_once(mongodb_url, db_prefix) -> None:
+    """Reports written when they carried the case's state themselves get a `cases` view at start."""
+    from pymongo import AsyncMongoClient
+
+    from services.intake.store import IntakeStore
+
+    async with AsyncMongoClient(mongodb_url) as client:
+        db = client[f"{db_prefix}_intake"]
+        await db.reports.insert_many([
+            {"_id": "wechat:old-1", "case_id": "C-OLD1", "open": False, "assignee": "gw-1", "assigned_version": 3,
+             "closed_version": 5, "community": "jl", "grid": "jl-g1", "district": "linhe"},
+            {"_id": "wechat:old-2", "case_id": "C-OLD2", "open": True, "assignee": None, "assigned_version": 0,
+             "community": "jl", "grid": None, "district": "linhe"},
+        ])
+        store = IntakeStore(db)
+        await store.migrate()
+        await store.migrate()  # a second start (or a replica) changes nothing
+        one = await db.cases.find_one({"_id": "C-OLD1"})
+        assert one is not None and one["report"] == "wechat:old-1" and one["open"] is False
+        assert one["assignee"] == "gw-1" and one["assigned_version"] == 3 and one["closed_version"] == 5
+        assert await db.cases.count_documents({}) == 2
+        contact = await store.by_case("C-OLD2")
+        assert contact is not None and contact["_id"] == "C-OLD2" and contact["report"] == "wechat:old-2"

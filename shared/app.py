@@ -236,6 +236,7 @@ def build_app(
 
     async def on_shutdown() -> None:
         await messaging.drain_batches()  # batches in hand are written and acked before closing
+        await outbox.drain()  # and their events published
         for task in rt._tasks:
             task.cancel()
         await asyncio.gather(*rt._tasks, return_exceptions=True)

@@ -32,6 +32,7 @@ from .messaging import EventPublisher
 logger = logging.getLogger("gridcase.outbox")
 
 OUTBOX = "outbox"
+PUBLISHING = 4  # units of work publishing in the background at once, at most
 
 
 @dataclass
@@ -53,10 +54,16 @@ class Outbox:
         self.crash_after_commit = False
         self._published: list[str] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
-        """`async with outbox.unit_of_work() as uow:` write with `session=uow.session`, `uow.emit(...)`."""
+    async def unit_of_work(self, *, publish_later: bool = False) -> AsyncIterator[UnitOfWork]:
+        """`async with outbox.unit_of_work() as uow:` write with `session=uow.session`, `uow.emit(...)`.
+
+        `publish_later`: return once committed and publish in the background (at most
+        `PUBLISHING` units of work at a time), so a pipeline's next write overlaps this one's
+        publishing. Safe because the events are in the outbox: a crash before they are out
+        leaves them to the relay."""
         async with self.client.start_session() as session:
             uow = UnitOfWork(session)
             async with await session.start_transaction():
@@ -72,7 +79,19 @@ class Outbox:
         if entry is not None:
             if self.crash_after_commit:
                 raise SimulatedCrash("crashed after commit, before publish")
-            await self._publish(entry)
+            if not publish_later:
+                await self._publish(entry)
+                return
+            while len(self._publishing) >= PUBLISHING:
+                await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.get_running_loop().create_task(self._publish(entry))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    async def drain(self) -> None:
+        """Let background publishing finish (shutdown, before the connection closes)."""
+        if self._publishing:
+            await asyncio.gather(*list(self._publishing), return_exceptions=True)
 
     async def store(self, events: Sequence[Envelope[Any]]) -> None:
         """Events with no state change of their own (e.g. a rejection notice)."""

@@ -311,7 +311,8 @@ class Intake:
             docs.append(doc)
             events.append(self.rt.event(s.case_event("received"), event, subject=doc["case_id"]))
             out[item.key] = doc
-        async with self.rt.outbox.unit_of_work() as uow:
+        # the next batch is written while this one's `received` events go out
+        async with self.rt.outbox.unit_of_work(publish_later=True) as uow:
             await self.store.insert_reports(docs, uow.session)
             uow.emit(*events)
         for doc in docs:

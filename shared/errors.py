@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 
 class BadMessage(Exception):
@@ -57,6 +57,17 @@ def lost_race(exc: BaseException) -> bool:
         return True
     errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
     return any(e.get("code") in RACE_CODES for e in errors)
+
+
+def only_duplicates(exc: BaseException) -> bool:
+    """Every write refused only because its `_id` (or unique key) exists already: someone
+    stored these first — read them back rather than retry blindly."""
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    if not isinstance(exc, BulkWriteError):
+        return False
+    errors = (exc.details or {}).get("writeErrors") or []
+    return bool(errors) and all(e.get("code") == 11000 for e in errors)
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from bson import Binary
 from prometheus_client import Counter, Histogram
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from ulid import ULID
 
 from shared.app import Runtime
@@ -28,7 +28,7 @@ from shared.contract.case import CaseAssigned, CaseClosed
 from shared.contract.common import Scope
 from shared.contract.directory import DirectoryChanged
 from shared.contract.intake import Contact, ContactReply, ContactRequest, Report, ReportRejected
-from shared.errors import DomainError, lost_race
+from shared.errors import DomainError, lost_race, only_duplicates
 from shared.logs import log
 
 from . import domain
@@ -38,15 +38,6 @@ from .store import IntakeStore
 logger = logging.getLogger("gridcase.intake")
 
 MAX_ATTEMPTS = 8
-
-
-def _only_duplicates(exc: PyMongoError) -> bool:
-    if isinstance(exc, DuplicateKeyError):
-        return True
-    if not isinstance(exc, BulkWriteError):
-        return False
-    errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
-    return bool(errors) and all(e.get("code") == 11000 for e in errors)
 
 
 async def backoff(attempt: int) -> None:
@@ -243,7 +234,7 @@ class Intake:
                 created = await self._insert(fresh)
                 break
             except PyMongoError as exc:
-                if _only_duplicates(exc):
+                if only_duplicates(exc):
                     # another replica (or an earlier delivery) stored some of these: read them back
                     known.update(await self.store.existing(keys))
                     continue

@@ -18,7 +18,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.operations import IndexModel
 
 from shared.db import Indexes
-from shared.errors import Conflict
+from shared.errors import Conflict, only_duplicates
 from shared.timers import WAKE_INDEX
 
 from .domain import CaseFile, Dossier, Mediator, State
@@ -204,7 +204,7 @@ async def _insert_new(collection: AsyncCollection, docs: list[dict[str, Any]], s
     try:
         await collection.insert_many(docs, ordered=False, session=session)
     except BulkWriteError as exc:
-        if not _only_duplicates(exc):
+        if not only_duplicates(exc):
             raise
         raise Conflict(f"{what} created concurrently") from exc
 
@@ -212,7 +212,3 @@ async def _insert_new(collection: AsyncCollection, docs: list[dict[str, Any]], s
 def _case_doc(cf: CaseFile) -> dict[str, Any]:
     return {"_id": cf.case_id, **cf.model_dump(), "rev": cf.rev + 1}
 
-
-def _only_duplicates(exc: BulkWriteError) -> bool:
-    errors = (exc.details or {}).get("writeErrors") or []
-    return bool(errors) and all(e.get("code") == 11000 for e in errors)

@@ -136,21 +136,7 @@ class DispatchStore:
         await _save_guarded(self.cases, list(cases), session)
 
     async def save_case(self, case: CaseInfo, session: AsyncClientSession) -> None:
-        expected = case.version
-        case.version = expected + 1
-        doc = case.to_doc()
-        try:
-            if expected == 0:
-                await self.cases.insert_one(doc, session=session)
-                return
-            result = await self.cases.replace_one({"_id": case.case_id, "version": expected}, doc, session=session)
-        except DuplicateKeyError as exc:
-            case.version = expected
-            raise Conflict(f"case {case.case_id} exists") from exc
-        if result.matched_count != 1:
-            case.version = expected
-            raise Conflict(f"case {case.case_id} changed concurrently")
-
+        await self.save_cases([case], session)
 
 async def _save_guarded(
     collection: AsyncCollection, items: Sequence[Task | CaseInfo], session: AsyncClientSession

@@ -8,6 +8,7 @@ start hooks and background loops. Nothing is created at import time.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -258,12 +259,20 @@ def build_app(
     return app, rt
 
 
+def tune_gc() -> None:
+    """A service allocates a fetched batch at a time: thousands of short-lived objects. With
+    CPython's default (a young collection every 700 allocations) they are scanned over and
+    over while the batch is still alive; collect the young generation every 20,000 instead."""
+    gc.set_threshold(20_000, 20, 20)
+
+
 def run_service(service: str, settings: Settings | None = None) -> None:
     """Run one service in the foreground (what a container does)."""
     import uvicorn
 
     settings = settings or Settings(service=service)
     setup_logging(settings.log_level, service)
+    tune_gc()
     app, _ = build_app(service, settings)
     port = settings.http_port or SERVICE_PORTS[service]
     uvicorn.run(

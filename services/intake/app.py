@@ -16,7 +16,7 @@ from .privacy import Privacy
 from .store import IntakeStore
 
 SUBMIT_WORKERS = 256
-REPORT_BATCH = 256
+REPORT_BATCH = 512
 
 
 async def raw_body(msg: Any) -> bytes:
@@ -41,7 +41,7 @@ def register(rt: Runtime) -> None:
     # call (no per-message framework cost, raw bytes: intake decodes once, itself); the next
     # batch is parsed while the previous one is being written.
     @rt.messaging.consume_batches(
-        s.INTAKE_REPORT, batch=REPORT_BATCH, overlap=4, hot=True, description="A platform submits a report (Report envelope)"
+        s.INTAKE_REPORT, batch=REPORT_BATCH, overlap=6, hot=True, description="A platform submits a report (Report envelope)"
     )
     async def on_reports(bodies: list[bytes]) -> list[Exception | None]:
         outcomes = await intake.take_many(bodies, s.INTAKE_REPORT)

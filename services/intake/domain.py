@@ -123,32 +123,22 @@ def parse_report(raw: bytes, subject: str) -> Parsed:
         return Parsed(reason="undecodable", errors=[FieldError(path="(body)", message="not a JSON document")])
     if not isinstance(doc, dict):
         return Parsed(reason="undecodable", errors=[FieldError(path="(body)", message="not a JSON object")])
-    channel, external = _readable(doc.get("data"))
-    readable_id = doc.get("id") if isinstance(doc.get("id"), str) and 0 < len(doc["id"]) <= 128 else None
+
+    def refused(reason: str, errors: list[FieldError], envelope_id: str | None) -> Parsed:
+        channel, external = _readable(doc.get("data"))  # only now: a valid report needs none of it
+        return Parsed(reason=reason, errors=errors, envelope_id=envelope_id, channel=channel, external_id=external)
+
     try:
         envelope = RawEvent.model_validate(doc)
     except ValidationError as exc:
-        return Parsed(
-            reason="envelope", errors=_errors(exc), envelope_id=readable_id, channel=channel, external_id=external
-        )
+        readable_id = doc.get("id") if isinstance(doc.get("id"), str) and 0 < len(doc["id"]) <= 128 else None
+        return refused("envelope", _errors(exc), readable_id)
     if envelope.type != subject:
-        return Parsed(
-            reason="envelope",
-            errors=[FieldError(path="type", message=f"must be {subject}")],
-            envelope_id=envelope.id,
-            channel=channel,
-            external_id=external,
-        )
+        return refused("envelope", [FieldError(path="type", message=f"must be {subject}")], envelope.id)
     try:
         report = Report.model_validate(envelope.data)
     except ValidationError as exc:
-        return Parsed(
-            reason="invalid",
-            errors=_errors(exc, "data."),
-            envelope_id=envelope.id,
-            channel=channel,
-            external_id=external,
-        )
+        return refused("invalid", _errors(exc, "data."), envelope.id)
     return Parsed(report=report, envelope_id=envelope.id, channel=report.channel.value, external_id=report.external_id)
 
 

@@ -29,6 +29,7 @@ from shared.contract.common import Scope
 from shared.contract.directory import DirectoryChanged
 from shared.contract.intake import Contact, ContactReply, ContactRequest, Report, ReportRejected
 from shared.errors import DomainError, lost_race, only_duplicates
+from shared.locks import KeyClaims
 from shared.logs import log
 
 from . import domain
@@ -38,6 +39,7 @@ from .store import IntakeStore
 logger = logging.getLogger("gridcase.intake")
 
 MAX_ATTEMPTS = 8
+REPORT_WRITES = 4  # batched report writes in flight at once
 
 
 async def backoff(attempt: int) -> None:
@@ -52,6 +54,12 @@ class Pending:
     envelope_id: str | None
     key: str
     doc: dict[str, Any]
+
+
+def _claimed_keys(item: Pending) -> tuple[tuple[str, str], ...]:
+    """What a report's write touches that another batch's might: its report and its place."""
+    lk = item.doc["link_key"]
+    return (("report", item.key), ("link", lk)) if lk else (("report", item.key),)
 
 
 @dataclass
@@ -113,8 +121,12 @@ class Intake:
         self._repeats_seen = False
         # what intake learns of cases (assignee, closure): one batched write per fetch
         self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500)
+        # Several group commits in flight: the next batch is written while the database commits
+        # the last. `claims` keeps them apart: a report whose key or place+category a write in
+        # flight holds waits for it (no write conflict; duplicate linking sees the earlier case).
+        self.claims = KeyClaims()
         self.coalescer: Coalescer[Pending, Outcome] = Coalescer(
-            self._flush, max_batch=max(rt.settings.fetch_batch, 256), max_delay=0.003
+            self._flush, max_batch=max(rt.settings.fetch_batch, 512), max_delay=0.003, inflight=REPORT_WRITES
         )
 
     @property
@@ -204,7 +216,20 @@ class Intake:
         them only when it reaps that transaction): only those are retried later, not their
         whole batch."""
         self.metrics.flush.observe(len(items))
-        return await self._store_isolating(items, MAX_ATTEMPTS)
+        results: list[Outcome | Exception | None] = [None] * len(items)
+        todo = list(range(len(items)))
+        while todo:
+            keys = [_claimed_keys(items[i]) for i in todo]
+            now, later = self.claims.split(keys)
+            if not now:  # everything touches a write in flight: wait for one to finish
+                await self.claims.released()
+                continue
+            async with self.claims.hold(k for j in now for k in keys[j]):
+                stored = await self._store_isolating([items[todo[j]] for j in now], MAX_ATTEMPTS)
+            for j, outcome in zip(now, stored, strict=True):
+                results[todo[j]] = outcome
+            todo = [todo[j] for j in later]
+        return results  # type: ignore[return-value]  # every slot is filled above
 
     async def _store_isolating(self, items: Sequence[Pending], attempts: int) -> list[Outcome | Exception]:
         try:

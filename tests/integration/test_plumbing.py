@@ -244,6 +244,25 @@ async def test_a_trickle_is_handled_promptly_with_no_delivery_lost(batch_probe) 
     assert info.num_redelivered == 0
 
 
+async def test_a_lone_message_is_handed_over_without_waiting_for_a_full_batch(
+    nats_url: str, mongodb_url: str, db_prefix: str
+) -> None:
+    """A whole-batch consumer hands over what has arrived instead of fetching again until the
+    batch is full or the fetch wait has passed (FastStream's own loop): with a 4 s wait, one
+    message is handled long before 4 s."""
+    calls: list[list[str]] = []
+    settings = service_settings("probe", nats_url, mongodb_url, db_prefix, fetch_wait_background_s=4.0)
+    nc = await connect(nats_url)
+    async with running("probe", settings, batch_probe_service(calls, {})) as rt:
+        await asyncio.sleep(0.5)  # the consumer is waiting in a fetch
+        await publish(nc.jetstream(), s.INTAKE_REPORT, {**REPORT, "external_id": "lone-1"})
+        t0 = time.monotonic()
+        await eventually(lambda: _count(rt, 1), timeout=10, what="the lone message stored")
+        assert time.monotonic() - t0 < 2.0  # not held for the 4 s wait
+        assert calls == [["lone-1"]]
+    await nc.close()
+
+
 async def test_a_failing_batch_is_retried_whole_then_succeeds(batch_probe) -> None:
     rt, nc, calls = batch_probe
     js = nc.jetstream()

@@ -138,17 +138,21 @@ def _contract_payloads(doc: dict[str, Any]) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for name, message in components.get("messages", {}).items():
         address = name.split(":", 1)[0]
-        model = EVENTS.get(address) or COMMANDS.get(address)
+        model: Any = EVENTS.get(address) or COMMANDS.get(address)
+        if model is None and address.endswith(">"):
+            model = dict[str, Any]  # a wildcard carries any contract event: its data untyped here
         if model is None:
             continue
-        schema = Envelope[model].model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[valid-type]
+        schema = Envelope[model].model_json_schema(ref_template="#/components/schemas/{model}")
         for key, sub in schema.pop("$defs", {}).items():
             schemas.setdefault(key, sub)
-        key = f"Envelope[{model.__name__}]"
+        key = f"Envelope[{model.__name__ if isinstance(model, type) else 'dict[str, Any]'}]"
         schemas[key] = schema
         message["payload"] = {"$ref": "#/components/schemas/" + quote(key, safe="")}
-    # references from anywhere but the schema table's own keys
-    used = json.dumps([doc.get("channels"), doc.get("operations"), components.get("messages"), list(schemas.values())])
+    # references from anywhere but the schema table's own keys and the framework's payload
+    # placeholders (a placeholder's own title names it)
+    kept = [v for k, v in schemas.items() if not k.endswith(":Payload")]
+    used = json.dumps([doc.get("channels"), doc.get("operations"), components.get("messages"), kept])
     for key in [k for k in schemas if k.endswith(":Payload") and quote(k, safe="") not in used and k not in used]:
         del schemas[key]
     return doc

@@ -29,6 +29,10 @@ class Coalescer(Generic[T, R]):
     `min_interval` spaces flush starts at least that far apart (unless `max_batch` items
     wait): a consumer that is not on anyone's latency path (a projection) then costs the
     shared database a bounded number of transactions a second, however fast events come.
+
+    `parallel_from`: a flush beyond the first starts only when at least that many items wait.
+    A trickle is then group-committed by one flush at a time (what arrives during a flush goes
+    into the next: fewest transactions), while a backlog is written by `inflight` at once.
     """
 
     def __init__(
@@ -39,12 +43,14 @@ class Coalescer(Generic[T, R]):
         max_delay: float = 0.002,
         inflight: int = 1,
         min_interval: float = 0.0,
+        parallel_from: int = 1,
     ) -> None:
         self._flush_fn = flush
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.inflight = inflight
         self.min_interval = min_interval
+        self.parallel_from = parallel_from
         self._last_start = float("-inf")
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -84,6 +90,8 @@ class Coalescer(Generic[T, R]):
             self._timer = None
         if self._running >= self.inflight or not self._pending:
             return  # picked up when a running flush ends
+        if self._running and len(self._pending) < self.parallel_from and not force:
+            return  # a trickle: the running flush's successor takes it
         loop = asyncio.get_running_loop()
         now = loop.time()
         if not force and len(self._pending) < self.max_batch and now < self._last_start + self.min_interval:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from faststream.nats.annotations import NatsMessage
-
 from shared.app import Runtime
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
@@ -21,13 +19,6 @@ from shared.timers import DuePoller
 
 from .handlers import Dispatch
 from .store import TASKS, DispatchStore
-
-
-def _delivered(msg: Any) -> int:
-    try:
-        return int(msg.raw_message.metadata.num_delivered or 1)
-    except Exception:
-        return 1
 
 
 def register(rt: Runtime) -> None:
@@ -45,17 +36,17 @@ def register(rt: Runtime) -> None:
     # in the next unit of work (`Dispatch.case_event`). Non-help cases are skipped here, free.
     # hot: `received` should be here before routing has assigned the case (then the parties or
     # needs are known when the dossier or task opens); `assigned` and `closed` can wait longer
-    @rt.messaging.consume(s.case_event("received"), hot=True)
+    @rt.messaging.consume_each(s.case_event("received"), CaseReceived, hot=True)
     async def on_received(body: Envelope[CaseReceived]) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category):
             await svc.case_event(body.data)
 
-    @rt.messaging.consume(s.case_event("assigned"))
-    async def on_assigned(body: Envelope[CaseAssigned], msg: NatsMessage) -> None:
+    @rt.messaging.consume_each(s.case_event("assigned"), CaseAssigned)
+    async def on_assigned(body: Envelope[CaseAssigned], delivered: int) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category, body.data.handling):
-            await svc.case_event(body.data, _delivered(msg))
+            await svc.case_event(body.data, delivered)
 
-    @rt.messaging.consume(s.case_event("closed"))
+    @rt.messaging.consume_each(s.case_event("closed"), CaseClosed)
     async def on_closed(body: Envelope[CaseClosed]) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category):
             await svc.case_event(body.data)

@@ -58,6 +58,7 @@ ATTEMPTS = 12
 OFFER_OUTCOMES = {"accepted", "declined", "expired"}
 CASE_BATCH = 500  # events per unit of work, at most
 CASE_BATCH_DELAY = 0.003  # s: lets the three consumers' fetches join one batch
+CASE_FLUSH_INTERVAL_S = 0.1  # off the report → assigned path: ~10 units of work a second at most
 
 
 def now_utc() -> datetime:
@@ -116,7 +117,7 @@ class Dispatch:
         )
         # every case event of a burst (all three subjects) shares one unit of work
         self.case_events: Coalescer[CaseEvent, None] = Coalescer(
-            self._flush_case_events, max_batch=CASE_BATCH, max_delay=CASE_BATCH_DELAY
+            self._flush_case_events, max_batch=CASE_BATCH, max_delay=CASE_BATCH_DELAY, min_interval=CASE_FLUSH_INTERVAL_S
         )
 
     @property

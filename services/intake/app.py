@@ -58,11 +58,11 @@ def register(rt: Runtime) -> None:
     async def on_contact(body: Envelope[ContactRequest]) -> dict[str, Any]:
         return await intake.contact(body.data, body.id)
 
-    @rt.messaging.consume(s.case_event("assigned"))
+    @rt.messaging.consume_each(s.case_event("assigned"), CaseAssigned)
     async def on_assigned(body: Envelope[CaseAssigned]) -> None:
         await intake.on_assigned(body.data)
 
-    @rt.messaging.consume(s.case_event("closed"))
+    @rt.messaging.consume_each(s.case_event("closed"), CaseClosed)
     async def on_closed(body: Envelope[CaseClosed]) -> None:
         await intake.on_closed(body.data)
 

@@ -39,7 +39,8 @@ from .store import IntakeStore
 logger = logging.getLogger("gridcase.intake")
 
 MAX_ATTEMPTS = 8
-REPORT_WRITES = 4  # batched report writes in flight at once
+REPORT_WRITES = 4  # batched report writes in flight at once (a backlog)…
+PARALLEL_FROM = 64  # …when this many reports wait; a trickle is written one batch at a time
 
 
 async def backoff(attempt: int) -> None:
@@ -119,14 +120,18 @@ class Intake:
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
         self._repeats_seen = False
-        # what intake learns of cases (assignee, closure): one batched write per fetch
-        self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500)
+        # what intake learns of cases (assignee, closure): one batched write per 0.1 s at most
+        self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500, min_interval=0.1)
         # Several group commits in flight: the next batch is written while the database commits
         # the last. `claims` keeps them apart: a report whose key or place+category a write in
         # flight holds waits for it (no write conflict; duplicate linking sees the earlier case).
         self.claims = KeyClaims()
         self.coalescer: Coalescer[Pending, Outcome] = Coalescer(
-            self._flush, max_batch=max(rt.settings.fetch_batch, 512), max_delay=0.003, inflight=REPORT_WRITES
+            self._flush,
+            max_batch=max(rt.settings.fetch_batch, 512),
+            max_delay=0.003,
+            inflight=REPORT_WRITES,
+            parallel_from=PARALLEL_FROM,
         )
 
     @property

@@ -35,17 +35,19 @@ def register(rt: Runtime) -> None:
     # one transaction, in arrival order. Cases that are not disputes cost nothing.
     # hot: `received` should be here before routing has assigned the case (then the parties or
     # needs are known when the dossier or task opens); `assigned` and `closed` can wait longer
-    @consume(s.case_event("received"), hot=True)
+    each = rt.messaging.consume_each
+
+    @each(s.case_event("received"), CaseReceived, hot=True)
     async def on_received(body: Envelope[CaseReceived]) -> None:
         if rt.policy.concerns(Handling.mediation, body.data.category):
             await svc.on_case_event(body.data)
 
-    @consume(s.case_event("assigned"))
+    @each(s.case_event("assigned"), CaseAssigned)
     async def on_assigned(body: Envelope[CaseAssigned]) -> None:
         if rt.policy.concerns(Handling.mediation, body.data.category, body.data.handling):
             await svc.on_case_event(body.data)
 
-    @consume(s.case_event("closed"))
+    @each(s.case_event("closed"), CaseClosed)
     async def on_closed(body: Envelope[CaseClosed]) -> None:
         if rt.policy.concerns(Handling.mediation, body.data.category):
             await svc.on_case_event(body.data)

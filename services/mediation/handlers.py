@@ -37,6 +37,7 @@ logger = logging.getLogger("gridcase.mediation")
 
 T = TypeVar("T")
 DAY_BUCKETS = (0.5, 1, 2, 3, 5, 7, 10, 14, 21, 30, 45, 60, 90)
+CASE_FLUSH_INTERVAL_S = 0.1  # case events: one unit of work per 0.1 s at most
 
 
 class Metrics:
@@ -153,8 +154,11 @@ class Mediation:
         self.store = Store(rt.db)
         self.metrics = Metrics(rt)
         self.load = MediatorLoad()
-        # one coalescer for received/assigned/closed: a batch keeps their arrival order
-        self.case_events: Coalescer[CaseEvent, None] = Coalescer(self._flush_case_events, max_batch=500, max_delay=0.002)
+        # one coalescer for received/assigned/closed: a batch keeps their arrival order. Off the
+        # report → assigned path: at most ~10 units of work a second, however fast events come
+        self.case_events: Coalescer[CaseEvent, None] = Coalescer(
+            self._flush_case_events, max_batch=500, max_delay=0.002, min_interval=CASE_FLUSH_INTERVAL_S
+        )
 
     async def start(self) -> None:
         await self.load.refresh(self.store)

@@ -48,7 +48,7 @@ def register(rt: Runtime) -> None:
     for verb, model in COMMAND_MODELS.items():
         _serve_command(rt, routing, verb, model)
 
-    @rt.messaging.consume(s.case_event("received"), batch=256, hot=True)
+    @rt.messaging.consume_each(s.case_event("received"), case_contract.CaseReceived, batch=256, hot=True)
     async def on_received(body: Envelope[case_contract.CaseReceived]) -> None:
         await routing.on_received(body)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from shared.app import Runtime, route
 from shared.contract import subjects as s
@@ -37,7 +38,7 @@ def register(rt: Runtime) -> None:
 
     for subject in SUBJECTS:
 
-        @rt.messaging.consume(subject, batch=512)
+        @rt.messaging.consume_each(subject, dict[str, Any], batch=512)
         async def on_event(body: RawEvent) -> None:
             await handlers.on_event(body)
 

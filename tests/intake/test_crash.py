@@ -23,6 +23,13 @@ pytestmark = pytest.mark.integration
 BURST = 2000
 
 
+async def _publish_over(js, items: list, seconds: float, chunks: int = 20) -> None:
+    size = -(-len(items) // chunks)
+    for start in range(0, len(items), size):
+        await publish_all(js, items[start : start + size])
+        await asyncio.sleep(seconds / chunks)
+
+
 def intake_process(env: dict[str, str], log: Path) -> Child:
     return Child("intake", [sys.executable, "-m", "shared.cli", "run", "intake"], log, env=env).start()
 
@@ -63,10 +70,13 @@ async def test_kill_9_in_a_burst_loses_and_doubles_nothing(nats_url, mongodb_url
     child = intake_process(env, log)
     try:
         await wait_ready(port, child)
-        await publish_all(js, [report(i, channel="grid_patrol") for i in range(BURST)])
-        await eventually(lambda: _at_least(reports, 300), timeout=60, what="burst under way")
+        # the burst arrives over ~2 s (intake would take a burst published at once in well under
+        # a second, before the kill), so the kill lands in its middle
+        burst = asyncio.create_task(_publish_over(js, [report(i, channel="grid_patrol") for i in range(BURST)], 2.0))
+        await eventually(lambda: _at_least(reports, 300), timeout=60, interval=0.02, what="burst under way")
         child.kill()  # SIGKILL mid-burst
         done_before = await reports.count_documents({})
+        await burst
         assert done_before < BURST, "the burst finished before the kill; nothing was tested"
 
         child = intake_process(env, log)

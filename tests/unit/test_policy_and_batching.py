@@ -207,3 +207,30 @@ async def test_group_commits_in_flight_never_hold_the_same_key() -> None:
         seq = [n for k, n in written if k == key]
         assert seq == sorted(seq)
     assert overlaps > 0  # the flushes did run side by side
+
+
+async def test_a_trickle_is_written_one_flush_at_a_time_and_a_backlog_by_several() -> None:
+    running = 0
+    most = 0
+    sizes: list[int] = []
+
+    async def flush(items: list[int]) -> list[None]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        sizes.append(len(items))
+        await asyncio.sleep(0.01)
+        running -= 1
+        return [None] * len(items)
+
+    co: Coalescer[int, None] = Coalescer(flush, max_batch=50, max_delay=0.0005, inflight=3, parallel_from=20)
+    trickle = []
+    for i in range(30):  # one item every 3 ms: several arrive during each 10 ms flush
+        trickle.append(asyncio.ensure_future(co.submit(i)))
+        await asyncio.sleep(0.003)
+    await asyncio.gather(*trickle)
+    assert most == 1 and max(sizes) > 1  # group-committed, never two flushes at once
+
+    most, sizes = 0, []
+    await asyncio.gather(*(co.submit(i) for i in range(200)))  # a backlog
+    assert most == 3 and len(sizes) == 4

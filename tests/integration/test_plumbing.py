@@ -37,14 +37,17 @@ REPORT = {
 }
 
 
-def probe_service(attempts: dict[str, list[float]]):
-    """A tiny service: fails per the report's title, records each attempt, emits one event."""
+def probe_service(attempts: dict[str, list[float]], how: str = "consume", deliveries: dict[str, list[int]] | None = None):
+    """A tiny service: fails per the report's title, records each attempt, emits one event.
+    `how`: its report consumer is `consume` (FastStream, message by message) or `consume_each`
+    (whole fetched batches): both must treat failures alike."""
 
     def register(rt: Runtime) -> None:
-        @rt.messaging.consume(s.INTAKE_REPORT)
-        async def on_report(body: Envelope[Report]) -> None:
+        async def on_report(body: Envelope[Report], delivered: int = 0) -> None:
             key = body.data.external_id
             attempts.setdefault(key, []).append(time.monotonic())
+            if deliveries is not None:
+                deliveries.setdefault(key, []).append(delivered)
             if body.data.title == "always-fails":
                 raise RuntimeError("database unreachable")
             if body.data.title == "fails-twice" and len(attempts[key]) <= 2:
@@ -52,6 +55,14 @@ def probe_service(attempts: dict[str, list[float]]):
             async with rt.outbox.unit_of_work() as uow:
                 await rt.db.seen.insert_one({"_id": key}, session=uow.session)
                 uow.emit(rt.event(s.INTAKE_REJECTED, {"errors": [], "quarantine_id": key, "at": "2026-11-30T00:00:00Z"}))
+
+        if how == "consume_each":
+            rt.messaging.consume_each(s.INTAKE_REPORT, Report)(on_report)
+        else:
+
+            @rt.messaging.consume(s.INTAKE_REPORT)
+            async def on_report_message(body: Envelope[Report]) -> None:
+                await on_report(body)
 
         @rt.messaging.serve(s.command("case", "accept"))
         async def accept(body: Envelope[AcceptCase]) -> dict[str, Any]:
@@ -62,13 +73,25 @@ def probe_service(attempts: dict[str, list[float]]):
     return register
 
 
-@pytest.fixture
-async def probe(nats_url: str, mongodb_url: str, db_prefix: str):
+@pytest.fixture(params=["consume", "consume_each"])
+async def probe(request, nats_url: str, mongodb_url: str, db_prefix: str):
     attempts: dict[str, list[float]] = {}
     settings = service_settings("probe", nats_url, mongodb_url, db_prefix, max_deliver=3)
     nc = await connect(nats_url)
-    async with running("probe", settings, probe_service(attempts)) as rt:
+    async with running("probe", settings, probe_service(attempts, request.param)) as rt:
         yield rt, nc, attempts
+    await nc.close()
+
+
+async def test_consume_each_hands_the_delivery_count_to_a_handler_that_asks(nats_url, mongodb_url, db_prefix) -> None:
+    attempts: dict[str, list[float]] = {}
+    deliveries: dict[str, list[int]] = {}
+    settings = service_settings("probe", nats_url, mongodb_url, db_prefix, max_deliver=3)
+    nc = await connect(nats_url)
+    async with running("probe", settings, probe_service(attempts, "consume_each", deliveries)):
+        await publish(nc.jetstream(), s.INTAKE_REPORT, {**REPORT, "external_id": "n-1", "title": "fails-twice"})
+        await eventually(lambda: len(deliveries.get("n-1", [])) == 3, timeout=15, what="third delivery")
+        assert deliveries["n-1"] == [1, 2, 3]
     await nc.close()
 
 

@@ -16,7 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-from .common import Infra, Options, Row, error_row, log, make_workdir, remove_workdir
+from .common import (
+    Infra,
+    Options,
+    Row,
+    error_row,
+    log,
+    make_workdir,
+    remove_workdir,
+    settle_database,
+)
 from .report import write
 
 ALL = ("floor", "intake", "throughput", "latency", "memory", "escalation", "stats", "dispatch")
@@ -70,14 +79,19 @@ async def run(opts: Options, work: Path) -> list[Row]:
             row = await run_floor(infra.nats_url, infra.mongodb_url, opts)
             rows.append(row)
             floor = row.figure
+        settle = infra.pids.get("secantusdb")
         if "intake" in want:
+            await settle_database(settle)
             rows += await _guard(run_intake(infra.nats_url, infra.mongodb_url, opts, work, infra.pids), "7 intake")
         sys_want = want & {"throughput", "latency", "memory"}
         if sys_want:
+            await settle_database(settle)
             rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, opts, floor, work, sys_want, infra.pids), "1 throughput")
         if "escalation" in want:
+            await settle_database(settle)
             rows += await _guard(run_escalation(infra.nats_url, infra.mongodb_url, opts, work), "3 escalation")
         if "stats" in want:
+            await settle_database(settle)
             rows += await _guard(run_stats_query(infra.nats_url, infra.mongodb_url, opts, work), "4 stats query")
         if "dispatch" in want:
             rows += await _guard(run_dispatch_match(opts), "5 dispatch matching")

@@ -177,6 +177,24 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+async def settle_database(pid: int | None, *, idle_cores: float = 0.1, limit_s: float = 90.0) -> float:
+    """Wait until the database process is idle (dropping the last scenario's data, flushing its
+    cache), so a scenario does not pay for the one before it; returns the seconds waited."""
+    if not pid:
+        return 0.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        c0 = cpu_seconds(pid)
+        await asyncio.sleep(1.0)
+        c1 = cpu_seconds(pid)
+        if c0 is None or c1 is None or c1 - c0 < idle_cores:
+            break
+    waited = time.monotonic() - t0
+    if waited > 1.5:
+        log(f"database busy after the last scenario: waited {waited:.0f}s for it to settle")
+    return waited
+
+
 def _proc_status(pid: int) -> dict[str, float | None]:
     out: dict[str, float | None] = {"rss_mb": None, "hwm_mb": None}
     try:

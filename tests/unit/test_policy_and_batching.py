@@ -94,26 +94,32 @@ async def test_coalescer_flushes_at_max_batch_and_propagates_flush_errors() -> N
     assert all(isinstance(r, ConnectionError) for r in results[8:])
 
 
-async def test_group_commit_runs_one_flush_at_a_time_and_batches_what_waits() -> None:
-    calls: list[list[int]] = []
-    running = 0
-    most = 0
+class FlushProbe:
+    """A flush that takes `delay` and records its batches and the most flushes running at once."""
 
-    async def flush(items):
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        calls.append(list(items))
-        await asyncio.sleep(0.05)
-        running -= 1
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.batches: list[list[int]] = []
+        self.running = 0
+        self.most = 0
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.batches.append(list(items))
+        await asyncio.sleep(self.delay)
+        self.running -= 1
         return list(items)
 
+
+async def test_group_commit_runs_one_flush_at_a_time_and_batches_what_waits() -> None:
+    flush = FlushProbe(0.05)
     c: Coalescer[int, int] = Coalescer(flush, max_batch=100, max_delay=0.001)
     first = [asyncio.create_task(c.submit(i)) for i in range(3)]
     await asyncio.sleep(0.01)  # the first flush is running now
     later = [asyncio.create_task(c.submit(i)) for i in range(3, 8)]
     assert await asyncio.gather(*first, *later) == list(range(8))
-    assert calls == [[0, 1, 2], [3, 4, 5, 6, 7]] and most == 1
+    assert flush.batches == [[0, 1, 2], [3, 4, 5, 6, 7]] and flush.most == 1
 
 
 def test_policy_tells_which_cases_a_handling_service_ever_sees() -> None:
@@ -210,27 +216,15 @@ async def test_group_commits_in_flight_never_hold_the_same_key() -> None:
 
 
 async def test_a_trickle_is_written_one_flush_at_a_time_and_a_backlog_by_several() -> None:
-    running = 0
-    most = 0
-    sizes: list[int] = []
-
-    async def flush(items: list[int]) -> list[None]:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        sizes.append(len(items))
-        await asyncio.sleep(0.01)
-        running -= 1
-        return [None] * len(items)
-
-    co: Coalescer[int, None] = Coalescer(flush, max_batch=50, max_delay=0.0005, inflight=3, parallel_from=20)
+    flush = FlushProbe(0.01)
+    co: Coalescer[int, int] = Coalescer(flush, max_batch=50, max_delay=0.0005, inflight=3, parallel_from=20)
     trickle = []
     for i in range(30):  # one item every 3 ms: several arrive during each 10 ms flush
         trickle.append(asyncio.ensure_future(co.submit(i)))
         await asyncio.sleep(0.003)
     await asyncio.gather(*trickle)
-    assert most == 1 and max(sizes) > 1  # group-committed, never two flushes at once
+    assert flush.most == 1 and max(map(len, flush.batches)) > 1  # group-committed, one flush at a time
 
-    most, sizes = 0, []
+    flush.most, flush.batches = 0, []
     await asyncio.gather(*(co.submit(i) for i in range(200)))  # a backlog
-    assert most == 3 and len(sizes) == 4
+    assert flush.most == 3 and len(flush.batches) == 4

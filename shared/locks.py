@@ -8,8 +8,12 @@ e.g. a flood of duplicate reports merged into one original case.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class KeyedLocks:
@@ -75,6 +79,29 @@ class KeyClaims:
             self._held -= mine
             self._released.set()
             self._released = asyncio.Event()
+
+    async def write_apart(
+        self,
+        items: Sequence[T],
+        keys_of: Callable[[T], Iterable[Hashable]],
+        write: Callable[[list[T]], Awaitable[Sequence[R]]],
+    ) -> list[R]:
+        """`write(part)` the items in parts no other write in flight touches: those free now at
+        once, the rest as the writes holding their keys finish. Results in the items' order."""
+        results: list[Any] = [None] * len(items)
+        todo = list(range(len(items)))
+        while todo:
+            keys = [tuple(keys_of(items[i])) for i in todo]
+            now, later = self.split(keys)
+            if not now:  # everything touches a write in flight: wait for one to finish
+                await self.released()
+                continue
+            async with self.hold(k for j in now for k in keys[j]):
+                written = await write([items[todo[j]] for j in now])
+            for j, result in zip(now, written, strict=True):
+                results[todo[j]] = result
+            todo = [todo[j] for j in later]
+        return results
 
     async def released(self) -> None:
         """Wait until a write lets its keys go."""

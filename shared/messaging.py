@@ -325,14 +325,14 @@ class Messaging:
     def consume_each(
         self, subject: str, model: Any, *, batch: int | None = None, hot: bool = False, **kw: Any
     ):
-        """Decorator: like `consume` — the handler takes one `Envelope[model]` (a contract model,
-        or `dict[str, Any]` for a raw event), and the delivery
-        count if it has a `delivered` parameter — but each fetched batch is decoded and handed
-        over in one go, without the framework's per-message cost (case events reach every
-        service: this is where a busy system spends its time). The batch's handlers run
-        concurrently, as `consume`'s do; one batch is handled while the next is fetched. Each
-        message is then acked; or, invalid, dead-lettered at once; or, failed, retried with
-        back-off and dead-lettered after `max_deliver`.
+        """Decorator: like `consume` — the handler takes one `Envelope[model]` (`model` a contract
+        model, or `dict[str, Any]` for an untyped event) and, if it has a `delivered` parameter,
+        the delivery count — but each fetched batch is decoded and handed over in one go,
+        without the framework's per-message cost (case events reach every service: this is
+        where a busy system spends its time). The batch's handlers run concurrently, as
+        `consume`'s do; one batch is handled while the next is fetched. Each message is then
+        acked; or, invalid, dead-lettered at once; or, failed, retried with back-off and
+        dead-lettered after `max_deliver`.
         """
         envelope = Envelope[model]  # type: ignore[valid-type]
 

@@ -221,20 +221,7 @@ class Intake:
         them only when it reaps that transaction): only those are retried later, not their
         whole batch."""
         self.metrics.flush.observe(len(items))
-        results: list[Outcome | Exception | None] = [None] * len(items)
-        todo = list(range(len(items)))
-        while todo:
-            keys = [_claimed_keys(items[i]) for i in todo]
-            now, later = self.claims.split(keys)
-            if not now:  # everything touches a write in flight: wait for one to finish
-                await self.claims.released()
-                continue
-            async with self.claims.hold(k for j in now for k in keys[j]):
-                stored = await self._store_isolating([items[todo[j]] for j in now], MAX_ATTEMPTS)
-            for j, outcome in zip(now, stored, strict=True):
-                results[todo[j]] = outcome
-            todo = [todo[j] for j in later]
-        return results  # type: ignore[return-value]  # every slot is filled above
+        return await self.claims.write_apart(items, _claimed_keys, lambda part: self._store_isolating(part, MAX_ATTEMPTS))
 
     async def _store_isolating(self, items: Sequence[Pending], attempts: int) -> list[Outcome | Exception]:
         try:

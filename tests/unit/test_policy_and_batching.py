@@ -183,25 +183,19 @@ async def test_group_commits_in_flight_never_hold_the_same_key() -> None:
     written: list[tuple[str, int]] = []
     overlaps = 0
 
-    async def flush(items: list[tuple[str, int]]) -> list[None]:
+    async def write(part: list[tuple[str, int]]) -> list[None]:
         nonlocal overlaps
-        todo = list(items)
-        while todo:
-            now, later = claims.split([{k} for k, _ in todo])
-            if not now:
-                await claims.released()
-                continue
-            batch = [todo[j] for j in now]
-            async with claims.hold(k for k, _ in batch):
-                keys = {k for k, _ in batch}
-                overlaps += bool(writing)
-                assert not keys & writing
-                writing.update(keys)
-                await asyncio.sleep(0.002)
-                writing.difference_update(keys)
-                written.extend(batch)
-            todo = [todo[j] for j in later]
-        return [None] * len(items)
+        keys = {k for k, _ in part}
+        overlaps += bool(writing)
+        assert not keys & writing
+        writing.update(keys)
+        await asyncio.sleep(0.002)
+        writing.difference_update(keys)
+        written.extend(part)
+        return [None] * len(part)
+
+    async def flush(items: list[tuple[str, int]]) -> list[None]:
+        return await claims.write_apart(items, lambda item: (item[0],), write)
 
     co: Coalescer[tuple[str, int], None] = Coalescer(flush, max_batch=4, max_delay=0.0005, inflight=3)
     items = [(f"k{i % 5}", i) for i in range(60)]

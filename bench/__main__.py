@@ -79,20 +79,16 @@ async def run(opts: Options, work: Path) -> list[Row]:
             row = await run_floor(infra.nats_url, infra.mongodb_url, opts)
             rows.append(row)
             floor = row.figure
-        settle = infra.pids.get("secantusdb")
+        db = infra.pids.get("secantusdb")
         if "intake" in want:
-            await settle_database(settle)
-            rows += await _guard(run_intake(infra.nats_url, infra.mongodb_url, opts, work, infra.pids), "7 intake")
+            rows += await _guard(run_intake(infra.nats_url, infra.mongodb_url, opts, work, infra.pids), "7 intake", settle=db)
         sys_want = want & {"throughput", "latency", "memory"}
         if sys_want:
-            await settle_database(settle)
-            rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, opts, floor, work, sys_want, infra.pids), "1 throughput")
+            rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, opts, floor, work, sys_want, infra.pids), "1 throughput", settle=db)
         if "escalation" in want:
-            await settle_database(settle)
-            rows += await _guard(run_escalation(infra.nats_url, infra.mongodb_url, opts, work), "3 escalation")
+            rows += await _guard(run_escalation(infra.nats_url, infra.mongodb_url, opts, work), "3 escalation", settle=db)
         if "stats" in want:
-            await settle_database(settle)
-            rows += await _guard(run_stats_query(infra.nats_url, infra.mongodb_url, opts, work), "4 stats query")
+            rows += await _guard(run_stats_query(infra.nats_url, infra.mongodb_url, opts, work), "4 stats query", settle=db)
         if "dispatch" in want:
             rows += await _guard(run_dispatch_match(opts), "5 dispatch matching")
         for r in rows:
@@ -103,7 +99,9 @@ async def run(opts: Options, work: Path) -> list[Row]:
         await asyncio.to_thread(infra.stop)
 
 
-async def _guard(coro, scenario: str) -> list[Row]:
+async def _guard(coro, scenario: str, *, settle: int | None = None) -> list[Row]:
+    """Run a scenario (once the database process `settle` is idle); an error is its row."""
+    await settle_database(settle)
     try:
         return await coro
     except Exception as exc:

@@ -12,6 +12,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+# A consumer nobody waits on (a projection, a service's view of cases) starts a flush at most
+# this often: ~10 units of work a second, however fast events come.
+OFF_PATH_INTERVAL_S = 0.1
 R = TypeVar("R")
 
 Flush = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]

@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from shared.app import Runtime
-from shared.batching import Coalescer, one_by_one
+from shared.batching import OFF_PATH_INTERVAL_S, Coalescer, one_by_one
 from shared.contract import subjects
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
 from shared.contract.dispatch import (
@@ -58,7 +58,6 @@ ATTEMPTS = 12
 OFFER_OUTCOMES = {"accepted", "declined", "expired"}
 CASE_BATCH = 500  # events per unit of work, at most
 CASE_BATCH_DELAY = 0.003  # s: lets the three consumers' fetches join one batch
-CASE_FLUSH_INTERVAL_S = 0.1  # off the report → assigned path: ~10 units of work a second at most
 
 
 def now_utc() -> datetime:
@@ -117,7 +116,7 @@ class Dispatch:
         )
         # every case event of a burst (all three subjects) shares one unit of work
         self.case_events: Coalescer[CaseEvent, None] = Coalescer(
-            self._flush_case_events, max_batch=CASE_BATCH, max_delay=CASE_BATCH_DELAY, min_interval=CASE_FLUSH_INTERVAL_S
+            self._flush_case_events, max_batch=CASE_BATCH, max_delay=CASE_BATCH_DELAY, min_interval=OFF_PATH_INTERVAL_S
         )
 
     @property

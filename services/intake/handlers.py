@@ -22,7 +22,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from ulid import ULID
 
 from shared.app import Runtime
-from shared.batching import Coalescer
+from shared.batching import OFF_PATH_INTERVAL_S, Coalescer
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed
 from shared.contract.common import Scope
@@ -121,7 +121,7 @@ class Intake:
         self.directory = domain.DirectoryView()
         self._repeats_seen = False
         # what intake learns of cases (assignee, closure): one batched write per 0.1 s at most
-        self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500, min_interval=0.1)
+        self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500, min_interval=OFF_PATH_INTERVAL_S)
         # Several group commits in flight: the next batch is written while the database commits
         # the last. `claims` keeps them apart: a report whose key or place+category a write in
         # flight holds waits for it (no write conflict; duplicate linking sees the earlier case).

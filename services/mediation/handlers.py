@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from pymongo.errors import PyMongoError
 
 from shared.app import Runtime
-from shared.batching import Coalescer, one_by_one
+from shared.batching import OFF_PATH_INTERVAL_S, Coalescer, one_by_one
 from shared.contract import subjects
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
 from shared.contract.common import Role
@@ -37,7 +37,6 @@ logger = logging.getLogger("gridcase.mediation")
 
 T = TypeVar("T")
 DAY_BUCKETS = (0.5, 1, 2, 3, 5, 7, 10, 14, 21, 30, 45, 60, 90)
-CASE_FLUSH_INTERVAL_S = 0.1  # case events: one unit of work per 0.1 s at most
 
 
 class Metrics:
@@ -157,7 +156,7 @@ class Mediation:
         # one coalescer for received/assigned/closed: a batch keeps their arrival order. Off the
         # report → assigned path: at most ~10 units of work a second, however fast events come
         self.case_events: Coalescer[CaseEvent, None] = Coalescer(
-            self._flush_case_events, max_batch=500, max_delay=0.002, min_interval=CASE_FLUSH_INTERVAL_S
+            self._flush_case_events, max_batch=500, max_delay=0.002, min_interval=OFF_PATH_INTERVAL_S
         )
 
     async def start(self) -> None:

@@ -10,14 +10,12 @@ from faststream.asgi import AsgiResponse
 from pydantic import ValidationError
 
 from shared.app import json_response, query_params
-from shared.batching import Coalescer
+from shared.batching import OFF_PATH_INTERVAL_S, Coalescer
 from shared.contract.envelope import RawEvent
 from shared.contract.stats import KpiQuery
 from shared.errors import field_errors
 
 from .engine import Item, StatsEngine, item_for
-
-STATS_FLUSH_INTERVAL_S = 0.1
 
 
 class Handlers:
@@ -26,7 +24,7 @@ class Handlers:
         # a projection is on nobody's latency path: at most ~10 transactions a second, so it
         # leaves the shared database to intake and routing under load
         self.coalescer: Coalescer[Item, None] = Coalescer(
-            engine.apply, max_batch=2000, max_delay=0.005, min_interval=STATS_FLUSH_INTERVAL_S
+            engine.apply, max_batch=2000, max_delay=0.005, min_interval=OFF_PATH_INTERVAL_S
         )
 
     async def on_event(self, body: RawEvent) -> None:

@@ -222,3 +222,31 @@ async def test_a_trickle_is_written_one_flush_at_a_time_and_a_backlog_by_several
     flush.most, flush.batches = 0, []
     await asyncio.gather(*(co.submit(i) for i in range(200)))  # a backlog
     assert flush.most == 3 and len(flush.batches) == 4
+
+
+async def test_a_waiting_item_keeps_its_place_for_every_key_it_has() -> None:
+    """B waits for J (held by A); C, handed over after B, needs only K — which B needs too.
+    C must not write K before B does."""
+    claims = KeyClaims()
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def write(part: list[tuple[set[str], str]]) -> list[None]:
+        if any(name == "a" for _, name in part):
+            await gate.wait()
+        order.extend(name for _, name in part)
+        return [None] * len(part)
+
+    def run(keys: set[str], name: str) -> asyncio.Task[list[None]]:
+        return asyncio.ensure_future(claims.write_apart([(keys, name)], lambda item: item[0], write))
+
+    a = run({"J"}, "a")
+    await asyncio.sleep(0)  # A holds J
+    b = run({"J", "K"}, "b")
+    await asyncio.sleep(0)  # B waits for J
+    c = run({"K"}, "c")
+    await asyncio.sleep(0.01)
+    assert order == []  # C waits behind B although nobody holds K
+    gate.set()
+    await asyncio.gather(a, b, c)
+    assert order == ["a", "b", "c"]

@@ -1,17 +1,19 @@
 """Scenario 3: escalation precision — N open cases whose respond clocks fall due over ~60 s.
 
-Only routing runs (with a seconds-scale policy file). The bench loads the directory, then
-publishes `gridcase.case.received.v1` events straight to routing (as intake would) at N/60
-per second, so routing assigns them over ~60 s; every case starts at `grid` with respond
-clock D (> the publish window), so the respond deadlines fall due over ~60 s after D.
-Nobody accepts, so each case must be escalated `respond_overdue` exactly once, on time.
-The next level's clocks are an hour, so nothing escalates twice legitimately.
+Only routing runs (with a policy file whose start-level respond clock is D = 10 min and every
+other clock an hour). The bench first checks that routing assigns a published
+`case.received` at all, then stops routing and stores N open cases in its database
+(`services.routing.bench_support`): each opened by routing's own rules a respond clock
+before its deadline, warned at the warning time, its deadline between T0 and T0 + 60 s.
+That is the state routing would be in after taking the N reports over the previous ten
+minutes; building it directly keeps the scenario about the timers, not about how fast cases
+come in (scenario 1). Routing is started again and loads them; nobody accepts, so each case
+must be escalated `respond_overdue` exactly once, on time. The next level's clocks are an
+hour, so nothing escalates twice legitimately.
 
-Lateness = time the `escalated` event was stored in JetStream − `respond_by` of the case's
-`assigned` (reason `new`) event; also reported from the event's own `at`. Missed = due
-cases with no escalation by the end; doubled = cases escalated `respond_overdue` from the
-start level more than once. If routing cannot take N/60 per second, publishing stops when
-its backlog passes ~10 s of input and N is what was published (reported honestly).
+Lateness = time the `escalated` event was stored in JetStream − the case's `respond_by`;
+also reported from the event's own `at`. Missed = due cases with no escalation by the end;
+doubled = cases escalated `respond_overdue` from the start level more than once.
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ import asyncio
 import contextlib
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import nats
+from pymongo import AsyncMongoClient
 
-from shared.contract.subjects import DIRECTORY_LOAD, SERVICE_ACCESS, case_event
+from services.routing.bench_support import open_cases, respond_deadlines, seed_open_cases
+from shared.contract.case import CaseReceived
+from shared.contract.subjects import DIRECTORY_LOAD, case_event
 from shared.launcher import Stack, StackConfig, free_port_offset
+from shared.policy import load_policy
 
 from .common import (
     Options,
-    Pacer,
     Row,
     command,
-    consumer_backlog,
     database_time,
     drop_databases,
     error_row,
@@ -55,6 +59,11 @@ DB_PREFIX = "benchesc"
 S3 = "3 escalation"
 ASSIGNED, ESCALATED = case_event("assigned"), case_event("escalated")
 CATEGORY = "facility.parking"  # direct handling, starts at grid
+
+
+RESPOND_S = 600  # the start level's respond clock: the cases were opened ten minutes before their deadline
+SEED_LEAD_S = 30  # first deadline this long after the cases are built, plus N / SEED_RATE seconds
+SEED_RATE = 1500  # cases built and stored per second, conservatively
 
 
 def policy_yaml(respond_s: int) -> str:
@@ -85,14 +94,12 @@ def _rows_na(why: str) -> list[Row]:
 
 
 async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir: Path) -> list[Row]:
-    n_target = int(opts.escalation_n or opts.d(100_000, 3_000))
+    n = int(opts.escalation_n or opts.d(100_000, 3_000))
     window = opts.d(60, 10)
-    respond_s = int(window + opts.d(25, 12))
-    rate = n_target / window
     await reset_streams(nats_url)
     await drop_databases(mongodb_url, DB_PREFIX)
     policy = workdir / "policy-escalation.yaml"
-    await asyncio.to_thread(_write_policy, policy, respond_s)
+    await asyncio.to_thread(_write_policy, policy, RESPOND_S)
     stack = Stack(
         StackConfig(
             data=workdir / "stack-escalation",
@@ -106,6 +113,7 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         )
     )
     nc = None
+    client: AsyncMongoClient | None = None
     try:
         await asyncio.to_thread(stack.start_infrastructure)
         try:
@@ -113,7 +121,7 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         except Exception as exc:
             return _rows_na(f"routing did not start: {exc}"[:300])
         nc = await nats.connect(stack.nats_url)
-        js = nc.jetstream(publish_async_max_pending=4000)
+        js = nc.jetstream()
         wl = Workload.default()
         try:
             reply = await command(nc, DIRECTORY_LOAD, wl.directory_json(), timeout=30)
@@ -131,49 +139,39 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         if not await wait_for(probe_assigned, 30):
             return _rows_na(f"routing publishes no case.assigned for case.received ({dir_note})")
 
-        durables = [d for d in SERVICE_ACCESS["routing"].durables if d[1].endswith("case-received")]
-        guard = max(2000, int(rate * 10))
-        state = {"backlog": 0, "stop": False, "rss": 0.0}
+        # routing stops; the N open cases are stored as it would have left them
+        await asyncio.to_thread(stack.services["routing"].stop, 10)
+        t_seed = time.time()
+        t0 = datetime.now(UTC) + timedelta(seconds=SEED_LEAD_S + n / SEED_RATE)
+        received = [CaseReceived.model_validate(json.loads(wl.received_envelope(i, category=CATEGORY, prefix="esc")[2])["data"])
+                    for i in range(n)]
+        due = [t0 + timedelta(seconds=window * i / n) for i in range(n)]
+        cases = await asyncio.to_thread(open_cases, received, due, load_policy(policy), wl.directory)
+        deadlines = respond_deadlines(cases)
+        client = AsyncMongoClient(stack.mongodb_url)
+        await seed_open_cases(client[f"{DB_PREFIX}_routing"], cases)
+        del cases, received
+        log(f"escalation: stored {n:,} open cases in {time.time() - t_seed:.0f}s; restarting routing")
+        await asyncio.to_thread(stack.start_service, "routing")
+        await asyncio.to_thread(stack.wait_ready, 120, ("routing",))
+        margin = (t0 - datetime.now(UTC)).total_seconds()
+        log(f"escalation: routing ready {margin:.0f}s before the first deadline; deadlines over {window:.0f}s")
+        state: dict[str, Any] = {"rss": 0.0, "ready_margin_s": round(margin, 1)}
         pid = stack.services["routing"].pid
 
         async def monitor() -> None:
             while True:
-                with contextlib.suppress(Exception):
-                    state["backlog"] = sum((await consumer_backlog(js, durables)).values())
-                    if state["backlog"] > guard:
-                        state["stop"] = True
                 if pid:
-                    state["rss"] = max(state["rss"], rss_mb(pid).get("hwm_mb") or 0)
+                    with contextlib.suppress(Exception):
+                        state["rss"] = max(state["rss"], rss_mb(pid).get("hwm_mb") or 0)
                 await asyncio.sleep(1)
 
         mon = asyncio.create_task(monitor())
-        ours: set[str] = set()
-
-        def make(i: int) -> tuple[str, str, bytes, str]:
-            case_id, eid, body = wl.received_envelope(i, category=CATEGORY, prefix="esc")
-            ours.add(case_id)
-            return CASE_RECEIVED, eid, body, case_id
-
-        pacer = Pacer(js, make)
-        log(f"escalation: publishing {n_target} case.received at {rate:.0f}/s (respond clock {respond_s}s; {dir_note})")
-        t_pub = time.time()
-        await pacer.run(rate, window * 1.5, stop=lambda: bool(state["stop"]), limit=n_target)
-        n = pacer.sent
-        log(f"escalation: published {n} in {time.time() - t_pub:.0f}s; waiting for routing to assign them")
-        base = 5
-
-        async def all_assigned() -> bool:
-            return await subject_count(js, "GRIDCASE_CASES", ASSIGNED) >= n + base
-
-        await wait_for(all_assigned, max(60.0, respond_s * 2), interval=1)
-        t_assigned = time.time()
-        # every deadline is ≤ last assignment + respond_s; wait for it plus a grace period
-        end_wait = t_assigned + respond_s + 6
-        log(f"escalation: assigned by +{t_assigned - t_pub:.0f}s; waiting {end_wait - time.time():.0f}s for the deadlines")
+        end_wait = t0.timestamp() + window + 6
         await asyncio.sleep(max(0.0, end_wait - time.time()))
         # then until escalations stop arriving (bounded)
         last, stable_since = -1, time.time()
-        while time.time() - stable_since < 3 and time.time() < end_wait + 30:
+        while time.time() - stable_since < 3 and time.time() < end_wait + 60:
             cur = await subject_count(js, "GRIDCASE_CASES", ESCALATED)
             if cur != last:
                 last, stable_since = cur, time.time()
@@ -181,13 +179,14 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         cutoff = datetime.now(UTC)
         mon.cancel()
         log_database_time("escalation", await asyncio.to_thread(database_time, stack))
-        log("escalation: reading assigned/escalated events back from the stream")
-        assigned = await read_subject(js, "GRIDCASE_CASES", ASSIGNED)
+        log("escalation: reading escalated events back from the stream")
         escalated = await read_subject(js, "GRIDCASE_CASES", ESCALATED)
-        return _analyse(assigned, escalated, ours, n, n_target, respond_s, cutoff, state, dir_note)
+        return _analyse(deadlines, escalated, n, cutoff, state, dir_note)
     except Exception as exc:
         return [error_row(S3, "escalation lateness p99", exc, target=2, op="<=", unit="s")]
     finally:
+        if client:
+            await client.close()
         if nc:
             await nc.close()
         await asyncio.to_thread(stack.stop)
@@ -196,14 +195,8 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
             await drop_databases(mongodb_url, DB_PREFIX)
 
 
-def _analyse(assigned: list[Any], escalated: list[Any], ours: set[str], n: int, n_target: int, respond_s: int,
-             cutoff: datetime, state: dict[str, Any], dir_note: str) -> list[Row]:
-    due: dict[str, tuple[datetime, str]] = {}
-    for m in assigned:
-        d = json.loads(m.data).get("data", {})
-        cid = d.get("case_id")
-        if cid in ours and d.get("reason") == "new" and cid not in due:
-            due[cid] = (parse_time(d["respond_by"]), d.get("level", ""))
+def _analyse(due: dict[str, tuple[datetime, str]], escalated: list[Any], n: int, cutoff: datetime,
+             state: dict[str, Any], dir_note: str) -> list[Row]:
     esc: dict[str, list[tuple[datetime, datetime]]] = {}
     for m in escalated:
         d = json.loads(m.data).get("data", {})
@@ -211,7 +204,7 @@ def _analyse(assigned: list[Any], escalated: list[Any], ours: set[str], n: int, 
         if cid not in due or d.get("reason") != "respond_overdue" or d.get("from_level") != due[cid][1]:
             continue
         esc.setdefault(cid, []).append((m.metadata.timestamp, parse_time(d["at"])))
-    late, late_at = [], []
+    late, late_at, stored_at = [], [], []
     missed = doubled = early = 0
     for cid, (respond_by, _) in due.items():
         evs = esc.get(cid, [])
@@ -222,34 +215,36 @@ def _analyse(assigned: list[Any], escalated: list[Any], ours: set[str], n: int, 
         if len(evs) > 1:
             doubled += 1
         stored, at = min(evs)
+        stored_at.append(stored)
         late.append((stored - respond_by).total_seconds())
         late_at.append((at - respond_by).total_seconds())
         if at < respond_by:
             early += 1
     dues = sorted(r for r, _ in due.values())
     spread = (dues[-1] - dues[0]).total_seconds() if dues else 0
-    not_assigned = len(ours) - len(due)
+    # how fast routing escalated: every escalation over the time from the first deadline to the last escalation
+    busy = (max(stored_at) - dues[0]).total_seconds() if stored_at and dues else 0
+    rate = round(len(stored_at) / busy) if busy > 0 else None
     det = {
-        "n_published": n,
-        "n_target": n_target,
-        "n_assigned": len(due),
-        "not_assigned": not_assigned,
-        "respond_clock_s": respond_s,
+        "n": n,
+        "n_due": len(due),
+        "respond_clock_s": RESPOND_S,
         "due_spread_s": round(spread, 1),
+        "routing_ready_before_first_due_s": state.get("ready_margin_s"),
         "lateness_p50_s": percentile(late, 50),
         "lateness_p99_s": percentile(late, 99),
         "lateness_max_s": max(late) if late else None,
         "lateness_at_p99_s": percentile(late_at, 99),
         "early": early,
+        "escalations_per_s": rate,
+        "due_per_s": round(len(due) / spread) if spread else None,
         "routing_peak_rss_mb": round(state.get("rss") or 0, 1),
         "directory": dir_note,
     }
-    size = f"N={len(due):,}" + ("" if n >= n_target else f" of {n_target:,} (routing backlog guard)")
-    note = f"{size}, due over {spread:.0f}s; p50 {det['lateness_p50_s'] or 0:.2f}s, max {det['lateness_max_s'] or 0:.1f}s; by event `at` p99 {det['lateness_at_p99_s'] or 0:.2f}s"
+    note = (f"N={len(due):,} open, due over {spread:.0f}s ({det['due_per_s']}/s), routing escalated {rate}/s; p50 {det['lateness_p50_s'] or 0:.2f}s, "
+            f"max {det['lateness_max_s'] or 0:.1f}s; by event `at` p99 {det['lateness_at_p99_s'] or 0:.2f}s")
     if early:
         note += f"; {early} escalated before due"
-    if not_assigned:
-        note += f"; {not_assigned} never assigned"
     p99 = percentile(late, 99)
     return [
         Row(S3, "escalation lateness p99", None if p99 is None else round(p99, 3), "s", 2, "<=",
@@ -257,4 +252,3 @@ def _analyse(assigned: list[Any], escalated: list[Any], ours: set[str], n: int, 
         Row(S3, "missed escalations", float(missed), "", 0, "<=", note=f"of {len(due):,} due"),
         Row(S3, "doubled escalations", float(doubled), "", 0, "<=", note=f"of {len(due):,} due"),
     ]
-

@@ -4,6 +4,11 @@ Each aggregate document carries `wake_at` (the earliest deadline it cares about,
 `DuePoller` finds the due ones and hands them to the service, which decides with its domain
 rules and saves with a version guard — so a firing survives restarts, fires once even with
 several replicas, and a stale firing (the case moved on) changes nothing.
+
+While a backlog is worked off, the poller reads it a slice at a time (`DueSlice`): the
+embedded database reads every match of a query before it sorts and limits, so "everything
+due, earliest 1,000" over 100,000 due documents costs seconds, a slice of about a batch
+milliseconds.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING
@@ -26,6 +32,38 @@ logger = logging.getLogger("gridcase.timers")
 WAKE_AT = "wake_at"
 WAKE_INDEX = IndexModel([(WAKE_AT, ASCENDING)])
 BUSY_INTERVAL_S = 0.02
+MIN_SPAN = timedelta(milliseconds=10)
+MAX_SPAN = timedelta(seconds=60)
+
+
+@dataclass
+class DueSlice:
+    """Where a poller is in a backlog of due documents: the next slice starts at `low` and
+    spans `span` (halved when a slice fills a batch, doubled when it holds less). None of it
+    while caught up: then a poll asks for everything due, which also picks up a document
+    left behind below the slices (one whose write failed)."""
+
+    low: datetime | None = None
+    span: timedelta = MIN_SPAN
+
+    def query(self, field: str, now: datetime) -> tuple[dict[str, Any], datetime]:
+        if self.low is None:
+            return {field: {"$lte": now}}, now
+        high = min(now, self.low + self.span)
+        return {field: {"$gte": self.low, "$lte": high}}, high
+
+    def advance(self, first: datetime | None, last: datetime | None, full: bool, high: datetime, now: datetime) -> None:
+        if full and last is not None:
+            # more may be due at or after `last`: the handed-over ones have moved on by then
+            if self.low is None and first is not None:
+                self.span = max(last - first, MIN_SPAN)
+            elif self.low is not None:
+                self.span = max(self.span / 2, MIN_SPAN)
+            self.low = last
+        elif self.low is None or high >= now:
+            self.low = None
+        else:
+            self.low, self.span = high, min(self.span * 2, MAX_SPAN)
 
 
 class DuePoller:
@@ -47,17 +85,16 @@ class DuePoller:
         # one replica polls at a time; another takes over within `lease_ttl` if it dies
         self.lease = Lease(collection.database, f"timers:{collection.name}", ttl=lease_ttl)
         self._last_ids: set[Any] = set()
+        self.slice = DueSlice()
 
     async def poll_once(self, now: datetime | None = None) -> int:
         """Hand the due documents to `on_due`; how many were new since the last poll (a
         document that stays due — held by a lock, or left for a retry — counts once)."""
         now = now or datetime.now(UTC)
-        docs = (
-            await self.collection.find({self.field: {"$lte": now}})
-            .sort(self.field, ASCENDING)
-            .limit(self.batch)
-            .to_list()
-        )
+        query, high = self.slice.query(self.field, now)
+        docs = await self.collection.find(query).sort(self.field, ASCENDING).limit(self.batch).to_list()
+        first, last = (_utc(docs[0].get(self.field)), _utc(docs[-1].get(self.field))) if docs else (None, None)
+        self.slice.advance(first, last, len(docs) >= self.batch, high, now)
         ids = {d["_id"] for d in docs}
         fresh, self._last_ids = len(ids - self._last_ids), ids
         if docs:
@@ -77,12 +114,18 @@ class DuePoller:
                     n = 0
                 # while timers are falling due, look again at once: a case due just after a poll
                 # then waits for the current batch, not for a whole idle interval on top of it
-                if n == 0:
+                if n == 0 and self.slice.low is None:
                     await asyncio.sleep(self.interval)
                 elif n < self.batch // 2:
                     await asyncio.sleep(min(BUSY_INTERVAL_S, self.interval))
         finally:  # stopping: hand the lease over at once rather than after its ttl
             await _quietly(self.lease.release())
+
+
+def _utc(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def _quietly(aw) -> None:

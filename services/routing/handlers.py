@@ -353,7 +353,8 @@ class Routing:
         if not decided:
             return
         try:
-            async with self.rt.outbox.unit_of_work() as uow:
+            # publishing in the background lets the next poll overlap it (a backlog of due cases)
+            async with self.rt.outbox.unit_of_work(publish_later=True) as uow:
                 if not await self.store.replace_many([(c, b.rev) for b, c, _ in decided], uow.session):
                     raise Conflict()
                 for _, case, events in decided:

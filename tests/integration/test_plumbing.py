@@ -354,3 +354,47 @@ async def test_due_poller_counts_each_due_document_once(mongodb_url, db_prefix) 
         await col.insert_one({"_id": "c", "wake_at": past})
         assert await poller.poll_once() == 1
         assert [sorted(ids) for ids in seen] == [["a", "b"], ["a", "b"], ["a", "b", "c"]]
+
+
+async def test_due_poller_works_off_a_backlog_in_slices_and_leaves_nothing_behind(mongodb_url, db_prefix) -> None:
+    """2,000 documents already due, a batch of 150: each is handed over once, in due order,
+    by slices once the first batch comes back full; one whose handling fails the first time
+    (left due, below the slices) is handed over again once the poller has caught up."""
+    from datetime import UTC, datetime, timedelta
+
+    from pymongo import AsyncMongoClient, UpdateOne
+
+    from shared.timers import WAKE_INDEX, DuePoller
+
+    handed: list[str] = []
+    sliced: list[bool] = []
+    failed_once: set[str] = set()
+
+    async with AsyncMongoClient(mongodb_url) as client:
+        col = client[f"{db_prefix}_timers"]["backlog"]
+        await col.create_indexes([WAKE_INDEX])
+        start = datetime.now(UTC) - timedelta(minutes=10)
+        await col.insert_many([{"_id": f"d{i:05d}", "wake_at": start + timedelta(milliseconds=250 * i)} for i in range(2000)])
+
+        async def on_due(docs, now) -> None:
+            moved = []
+            for d in docs:
+                handed.append(d["_id"])
+                if d["_id"] == "d00400" and d["_id"] not in failed_once:
+                    failed_once.add(d["_id"])  # this one's write "fails": it stays due
+                    continue
+                moved.append(UpdateOne({"_id": d["_id"]}, {"$set": {"wake_at": now + timedelta(hours=1)}}))
+            await col.bulk_write(moved)
+
+        poller = DuePoller(col, on_due, batch=150)
+        for _ in range(200):
+            await poller.poll_once()
+            sliced.append(poller.slice.low is not None)
+            if await col.count_documents({"wake_at": {"$lte": datetime.now(UTC)}}) == 0:
+                break
+        assert await col.count_documents({"wake_at": {"$lte": datetime.now(UTC)}}) == 0
+    assert any(sliced), "the backlog was never read in slices"
+    assert sorted(set(handed)) == [f"d{i:05d}" for i in range(2000)]
+    assert [i for i in handed if handed.count(i) > 1] == ["d00400", "d00400"]
+    first_pass = [i for i in handed if i != "d00400"]
+    assert first_pass == sorted(first_pass), "handed over out of due order"

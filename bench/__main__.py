@@ -73,7 +73,7 @@ async def run(opts: Options, work: Path) -> list[Row]:
     infra = Infra(work / "servers")
     try:
         await asyncio.to_thread(infra.start)
-        log(f"servers: nats {infra.nats_url}, database {infra.mongodb_url}")
+        log(f"servers: nats {infra.nats_url}, databases {infra.mongodb_url} and {infra.second_mongodb_url}")
         floor = None
         if "floor" in want:
             row = await run_floor(infra.nats_url, infra.mongodb_url, opts)
@@ -84,7 +84,7 @@ async def run(opts: Options, work: Path) -> list[Row]:
             rows += await _guard(run_intake(infra.nats_url, infra.mongodb_url, opts, work, infra.pids), "7 intake", settle=db)
         sys_want = want & {"throughput", "latency", "memory"}
         if sys_want:
-            rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, opts, floor, work, sys_want, infra.pids), "1 throughput", settle=db)
+            rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, infra.second_mongodb_url, opts, floor, work, sys_want, infra.pids), "1 throughput", settle=db)
         if "escalation" in want:
             rows += await _guard(run_escalation(infra.nats_url, infra.mongodb_url, opts, work), "3 escalation", settle=db)
         if "stats" in want:

@@ -211,14 +211,17 @@ def _proc_status(pid: int) -> dict[str, float | None]:
 
 # ---- servers --------------------------------------------------------------------------------
 class Infra:
-    """A fresh nats-server and SecantusDB on free loopback ports, in a temp directory."""
+    """A fresh nats-server and two SecantusDB processes on free loopback ports, in a temp
+    directory — the embedded stack's shape (`shared.settings.SECOND_DB_SERVICES`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.nats: Child | None = None
         self.db: Child | None = None
+        self.db2: Child | None = None
         self.nats_url = ""
         self.mongodb_url = ""
+        self.second_mongodb_url = ""
         self.nats_monitor = 0
 
     def start(self) -> Infra:
@@ -230,18 +233,24 @@ class Infra:
         db_port = free_port()
         self.db = secantus_server(self.root / "db", db_port, self.root / "logs" / "secantusdb.log").start()
         self.mongodb_url = mongo_url(db_port)
+        db2_port = free_port()
+        self.db2 = secantus_server(self.root / "db2", db2_port, self.root / "logs" / "secantusdb-2.log", name="secantusdb-2").start()
+        self.second_mongodb_url = mongo_url(db2_port)
         wait_until(lambda: mongo_healthy(self.mongodb_url), 60, "SecantusDB")
+        wait_until(lambda: mongo_healthy(self.second_mongodb_url), 60, "second SecantusDB")
         return self
 
     def stop(self) -> None:
-        if self.db:
-            self.db.stop(timeout=5)
+        for db in (self.db2, self.db):
+            if db:
+                db.stop(timeout=5)
         if self.nats:
             self.nats.stop(timeout=3)
 
     @property
     def pids(self) -> dict[str, int | None]:
-        return {"nats-server": self.nats.pid if self.nats else None, "secantusdb": self.db.pid if self.db else None}
+        return {"nats-server": self.nats.pid if self.nats else None, "secantusdb": self.db.pid if self.db else None,
+                "secantusdb-2": self.db2.pid if self.db2 else None}
 
 
 def make_workdir(opts: Options) -> Path:

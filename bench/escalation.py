@@ -64,6 +64,7 @@ CATEGORY = "facility.parking"  # direct handling, starts at grid
 RESPOND_S = 600  # the start level's respond clock: the cases were opened ten minutes before their deadline
 SEED_LEAD_S = 30  # first deadline this long after the cases are built, plus N / SEED_RATE seconds
 SEED_RATE = 1500  # cases built and stored per second, conservatively
+LATE_WAIT_S = 150  # after the last deadline, how long escalations may still come in
 
 
 def policy_yaml(respond_s: int) -> str:
@@ -169,9 +170,9 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         mon = asyncio.create_task(monitor())
         end_wait = t0.timestamp() + window + 6
         await asyncio.sleep(max(0.0, end_wait - time.time()))
-        # then until escalations stop arriving (bounded)
+        # then until escalations stop arriving: a late escalation is late, not missed (bounded)
         last, stable_since = -1, time.time()
-        while time.time() - stable_since < 3 and time.time() < end_wait + 60:
+        while time.time() - stable_since < 3 and time.time() < end_wait + LATE_WAIT_S:
             cur = await subject_count(js, "GRIDCASE_CASES", ESCALATED)
             if cur != last:
                 last, stable_since = cur, time.time()

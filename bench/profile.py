@@ -127,6 +127,7 @@ async def _drive(service: str, seconds: float, rate: float, tool: str) -> Path:
     work = make_workdir(opts)
     infra = await asyncio.to_thread(lambda: Infra(work).start())
     stack = Stack(StackConfig(data=work / "stack", nats_url=infra.nats_url, mongodb_url=infra.mongodb_url,
+                              second_mongodb_url=infra.second_mongodb_url,
                               port_offset=free_port_offset(), database_prefix="benchprof",
                               extra_env={"GRIDCASE_LOG_LEVEL": "WARNING"}))
     out = RESULTS_DIR / f"profile-{service}-{time.strftime('%Y%m%d-%H%M%S')}.txt"

@@ -439,18 +439,20 @@ def memory_rows(sys_: System, ran_load: bool) -> list[Row]:
 
 
 # ---- the group ---------------------------------------------------------------------------------
-async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: float | None, workdir: Path, want: set[str],
+async def run_system(nats_url: str, mongodb_url: str, second_mongodb_url: str, opts: Options, floor: float | None, workdir: Path, want: set[str],
                      infra_pids: dict[str, int | None] | None = None) -> list[Row]:
     from .profile import start_profile
 
     await reset_streams(nats_url)
-    await drop_databases(mongodb_url, DB_PREFIX)
+    for url in (mongodb_url, second_mongodb_url):
+        await drop_databases(url, DB_PREFIX)
     from shared.launcher import free_port_offset
 
     cfg = StackConfig(
         data=workdir / "stack-system",
         nats_url=nats_url,
         mongodb_url=mongodb_url,
+        second_mongodb_url=second_mongodb_url,
         port_offset=free_port_offset(),
         database_prefix=DB_PREFIX,
         extra_env={"GRIDCASE_LOG_LEVEL": "WARNING"},
@@ -516,4 +518,5 @@ async def run_system(nats_url: str, mongodb_url: str, opts: Options, floor: floa
             await nc.close()
         await asyncio.to_thread(stack.stop)
         with contextlib.suppress(Exception):
-            await drop_databases(mongodb_url, DB_PREFIX)
+            for url in (mongodb_url, second_mongodb_url):
+                await drop_databases(url, DB_PREFIX)

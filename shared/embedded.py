@@ -164,7 +164,7 @@ def nats_healthy(monitor_port: int) -> bool:
         return resp.status == 200
 
 
-def secantus_server(store: Path, port: int, log_path: Path, *, cache: str = "512M") -> Child:
+def secantus_server(store: Path, port: int, log_path: Path, *, cache: str = "512M", name: str = "secantusdb") -> Child:
     args = [
         _bin("secantusd-py"),
         "--host", "127.0.0.1",
@@ -176,7 +176,7 @@ def secantus_server(store: Path, port: int, log_path: Path, *, cache: str = "512
         # second document. Transactions work the same.
         "--standalone",
     ]
-    return Child("secantusdb", args, log_path)
+    return Child(name, args, log_path)
 
 
 def mongo_healthy(url: str) -> bool:

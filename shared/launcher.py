@@ -1,7 +1,8 @@
 """`gridcase up`: the embedded stack and the five services as child processes.
 
-Start order: nats-server and SecantusDB (unless external URLs are given), streams, then the
-services; each process logs to `<data>/logs/<name>.log`. Ctrl-C or SIGTERM stops everything
+Start order: nats-server and two SecantusDB processes (unless external URLs are given; the
+second holds the databases of mediation, dispatch and stats — see `shared.settings`), streams,
+then the services; each process logs to `<data>/logs/<name>.log`. Ctrl-C or SIGTERM stops everything
 in reverse order within 10 s. Starting again reuses the data.
 """
 
@@ -30,10 +31,12 @@ from .embedded import (
     secantus_server,
     wait_until,
 )
+from .settings import EMBEDDED_DB_PORT, EMBEDDED_SECOND_DB_PORT, SECOND_DB_SERVICES
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_NATS_MONITOR = 8222
-DEFAULT_DB_PORT = 27017
+DEFAULT_DB_PORT = EMBEDDED_DB_PORT
+DEFAULT_SECOND_DB_PORT = EMBEDDED_SECOND_DB_PORT
 
 
 @dataclass
@@ -42,6 +45,8 @@ class StackConfig:
     policy: Path | None = None
     nats_url: str | None = None
     mongodb_url: str | None = None
+    # with an external `mongodb_url`: where mediation, dispatch and stats keep theirs (default: the same)
+    second_mongodb_url: str | None = None
     port_offset: int = 0
     services: tuple[str, ...] = SERVICES
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -58,10 +63,12 @@ class Stack:
     config: StackConfig
     nats: Child | None = None
     db: Child | None = None
+    db2: Child | None = None
     services: dict[str, Child] = field(default_factory=dict)
     extras: dict[str, Child] = field(default_factory=dict)  # e.g. the demo simulator
     nats_url: str = ""
     mongodb_url: str = ""
+    second_mongodb_url: str = ""
     nats_monitor: int | None = None
     # set from a signal handler: start-up waits give up, so a stop never sits out a start
     cancelled: bool = False
@@ -95,12 +102,18 @@ class Stack:
             wait_until(lambda: nats_healthy(monitor), 20, "nats-server", child=self.nats, cancelled=self._cancelled)
         if cfg.mongodb_url:
             self.mongodb_url = cfg.mongodb_url
+            self.second_mongodb_url = cfg.second_mongodb_url or cfg.mongodb_url
         else:
-            port = cfg.port(DEFAULT_DB_PORT)
+            port, port2 = cfg.port(DEFAULT_DB_PORT), cfg.port(DEFAULT_SECOND_DB_PORT)
             _require_free(port, "database")
+            _require_free(port2, "second database")
             self.db = secantus_server(cfg.data / "db", port, self.logs / "secantusdb.log").start()
-            self.mongodb_url = mongo_url(port)
+            self.db2 = secantus_server(cfg.data / "db2", port2, self.logs / "secantusdb-2.log", name="secantusdb-2").start()
+            self.mongodb_url, self.second_mongodb_url = mongo_url(port), mongo_url(port2)
         wait_until(lambda: mongo_healthy(self.mongodb_url), 60, "database", child=self.db, cancelled=self._cancelled)
+        if self.second_mongodb_url != self.mongodb_url:
+            wait_until(lambda: mongo_healthy(self.second_mongodb_url), 60, "second database", child=self.db2,
+                       cancelled=self._cancelled)
         asyncio.run(self._declare_streams())
 
     async def _declare_streams(self) -> None:
@@ -119,7 +132,7 @@ class Stack:
         env = {
             "GRIDCASE_SERVICE": service,
             "GRIDCASE_NATS_URL": self.nats_url,
-            "GRIDCASE_MONGODB_URL": self.mongodb_url,
+            "GRIDCASE_MONGODB_URL": self.database_url(service),
             "GRIDCASE_HTTP_PORT": str(self.http_port(service)),
             "GRIDCASE_DATA_DIR": str(self.config.data.resolve()),
             "GRIDCASE_DATABASE_PREFIX": self.config.database_prefix,
@@ -129,6 +142,9 @@ class Stack:
         if self.config.policy:
             env["GRIDCASE_POLICY_FILE"] = str(Path(self.config.policy).resolve())
         return env
+
+    def database_url(self, service: str) -> str:
+        return self.second_mongodb_url if service in SECOND_DB_SERVICES and self.second_mongodb_url else self.mongodb_url
 
     def start_service(self, service: str) -> Child:
         _require_free(self.http_port(service), f"{service} HTTP")
@@ -174,8 +190,9 @@ class Stack:
         deadline = time.monotonic() + 6
         for child in self.services.values():
             child.stop(timeout=max(0.1, deadline - time.monotonic()))
-        if self.db:
-            self.db.stop(timeout=3)
+        for db in (self.db2, self.db):
+            if db:
+                db.stop(timeout=3)
         if self.nats:
             self.nats.stop(timeout=2)
 
@@ -186,9 +203,13 @@ class Stack:
         else:
             rows.append(("nats (external)", "-", _redact(self.nats_url)))
         if self.db:
-            rows.append(("secantusdb", str(self.db.pid), self.mongodb_url))
+            rows.append(("secantusdb", str(self.db.pid), f"{self.mongodb_url}  (intake, routing)"))
         else:
             rows.append(("mongodb (external)", "-", _redact(self.mongodb_url)))
+        if self.db2:
+            rows.append(("secantusdb-2", str(self.db2.pid), f"{self.second_mongodb_url}  ({', '.join(SECOND_DB_SERVICES)})"))
+        elif self.second_mongodb_url and self.second_mongodb_url != self.mongodb_url:
+            rows.append(("mongodb (external)", "-", _redact(self.second_mongodb_url)))
         for name, child in self.services.items():
             rows.append((name, str(child.pid), self.url(name)))
         for name, child in self.extras.items():
@@ -211,7 +232,7 @@ def free_port_offset(tries: int = 200) -> int:
     All ports stay below the ephemeral range: a port the kernel may give to some outgoing
     connection in the meantime could not be bound by a server a moment later.
     """
-    bases = (DEFAULT_NATS_PORT, DEFAULT_NATS_MONITOR, DEFAULT_DB_PORT, *SERVICE_PORTS.values())
+    bases = (DEFAULT_NATS_PORT, DEFAULT_NATS_MONITOR, DEFAULT_DB_PORT, DEFAULT_SECOND_DB_PORT, *SERVICE_PORTS.values())
     ceiling = min(_ephemeral_floor(), 65536) - max(bases) - 1
     rng = random.Random()
     for _ in range(tries):

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .contract.subjects import instance_of
+
+# The embedded stack runs two SecantusDB processes: a Python server uses about one core, and
+# the batched writes of the services off the report → assigned path (mediation, dispatch,
+# stats) would otherwise queue in front of intake's and routing's. A service's default
+# database URL is where the embedded stack keeps its database.
+EMBEDDED_DB_PORT = 27017
+EMBEDDED_SECOND_DB_PORT = 27018
+SECOND_DB_SERVICES = ("mediation", "dispatch", "stats")
+
+
+def embedded_db_port(service: str) -> int:
+    return EMBEDDED_SECOND_DB_PORT if service in SECOND_DB_SERVICES else EMBEDDED_DB_PORT
 
 
 class Settings(BaseSettings):
@@ -48,6 +60,12 @@ class Settings(BaseSettings):
     intake_key: str | None = None
     timer_poll_s: float = Field(default=0.25, gt=0)
     outbox_relay_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _embedded_database(self) -> Settings:
+        if "mongodb_url" not in self.model_fields_set:
+            self.mongodb_url = f"mongodb://127.0.0.1:{embedded_db_port(self.service)}/?directConnection=true"
+        return self
 
     def instance_of(self, service: str | None = None) -> str:
         """This process's instance id for `service`: `""` unless it is a replicated read model."""

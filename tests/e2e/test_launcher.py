@@ -113,7 +113,7 @@ def test_up_is_ready_quickly_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) ->
         assert time.monotonic() - t_stop < 10, "stop took longer than 10 s"
         assert proc.returncode == 0, out
         pids = pids_in(out)
-        assert len(pids) == 7, out  # nats, database, five services
+        assert len(pids) == 8, out  # nats, two databases, five services
         time.sleep(0.3)
         assert not [p for p in pids if alive(p)], f"processes left behind: {out}"
         assert not any(port_open(p + offset) for p in SERVICE_PORTS.values())

@@ -8,6 +8,7 @@ import pytest
 
 from shared.batching import Coalescer
 from shared.contract.common import Category, Level, Priority
+from shared.contract.subjects import SERVICES
 from shared.locks import KeyClaims
 from shared.policy import Policy, PolicyError, load_policy
 from shared.settings import Settings
@@ -63,6 +64,13 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     st = Settings(service="routing")
     assert st.nats_url.startswith("nats://n1") and st.mongodb_url.endswith("rs0")
     assert st.max_deliver == 9 and st.database_name() == "gridcase_routing"
+    assert Settings(service="stats").mongodb_url.endswith("rs0")  # a URL given is every service's
+
+
+def test_default_database_url_is_where_the_embedded_stack_keeps_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRIDCASE_MONGODB_URL", raising=False)
+    ports = {svc: Settings(service=svc).mongodb_url.split(":")[2].split("/")[0] for svc in SERVICES}
+    assert ports == {"intake": "27017", "routing": "27017", "mediation": "27018", "dispatch": "27018", "stats": "27018"}
 
 
 async def test_coalescer_batches_concurrent_submissions_and_isolates_failures() -> None:

@@ -36,7 +36,7 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "",
         f"Machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {m.get('memory_gb')} GB RAM, Python {m.get('python')}; "
         f"mode: {'quick' if meta.get('quick') else 'full'}; suite took {meta.get('duration_s', 0):.0f} s.",
-        "Servers: fresh nats-server (JetStream, file store) and SecantusDB on free loopback ports, shared by every scenario.",
+        "Servers: fresh nats-server (JetStream, file store) and two SecantusDB processes (the second for mediation, dispatch and stats in scenarios 1, 2, 6) on free loopback ports, shared by every scenario.",
         "",
         "| scenario | figure | target | met? | ratio to floor | note |",
         "|---|---|---|---|---|---|",

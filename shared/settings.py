@@ -18,8 +18,9 @@ EMBEDDED_SECOND_DB_PORT = 27018
 SECOND_DB_SERVICES = ("mediation", "dispatch", "stats")
 
 
-def embedded_db_port(service: str) -> int:
-    return EMBEDDED_SECOND_DB_PORT if service in SECOND_DB_SERVICES else EMBEDDED_DB_PORT
+def embedded_db_url(service: str) -> str:
+    port = EMBEDDED_SECOND_DB_PORT if service in SECOND_DB_SERVICES else EMBEDDED_DB_PORT
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
 
 
 class Settings(BaseSettings):
@@ -31,7 +32,7 @@ class Settings(BaseSettings):
     # Empty (the default) and ignored by every other service: shared durables and database.
     instance: str = Field(default="", pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")
     nats_url: str = "nats://127.0.0.1:4222"
-    mongodb_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    mongodb_url: str = embedded_db_url("intake")  # unless set: the service's, see `_embedded_database`
     database_prefix: str = "gridcase"
     http_host: str = "127.0.0.1"
     http_port: int | None = None  # default: the service's port of DESIGN §7
@@ -64,7 +65,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _embedded_database(self) -> Settings:
         if "mongodb_url" not in self.model_fields_set:
-            self.mongodb_url = f"mongodb://127.0.0.1:{embedded_db_port(self.service)}/?directConnection=true"
+            self.mongodb_url = embedded_db_url(self.service)
         return self
 
     def instance_of(self, service: str | None = None) -> str:

@@ -170,10 +170,13 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         mon = asyncio.create_task(monitor())
         end_wait = t0.timestamp() + window + 6
         await asyncio.sleep(max(0.0, end_wait - time.time()))
-        # then until escalations stop arriving: a late escalation is late, not missed (bounded)
+        # then until every case has escalated or none has for a while: a late escalation is late,
+        # not missed (bounded; one batch of a backlog takes seconds to write)
         last, stable_since = -1, time.time()
-        while time.time() - stable_since < 3 and time.time() < end_wait + LATE_WAIT_S:
+        while time.time() - stable_since < 10 and time.time() < end_wait + LATE_WAIT_S:
             cur = await subject_count(js, "GRIDCASE_CASES", ESCALATED)
+            if cur >= n:
+                break
             if cur != last:
                 last, stable_since = cur, time.time()
             await asyncio.sleep(1)

@@ -35,8 +35,6 @@ from .settings import EMBEDDED_DB_PORT, EMBEDDED_SECOND_DB_PORT, SECOND_DB_SERVI
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_NATS_MONITOR = 8222
-DEFAULT_DB_PORT = EMBEDDED_DB_PORT
-DEFAULT_SECOND_DB_PORT = EMBEDDED_SECOND_DB_PORT
 
 
 @dataclass
@@ -104,7 +102,7 @@ class Stack:
             self.mongodb_url = cfg.mongodb_url
             self.second_mongodb_url = cfg.second_mongodb_url or cfg.mongodb_url
         else:
-            port, port2 = cfg.port(DEFAULT_DB_PORT), cfg.port(DEFAULT_SECOND_DB_PORT)
+            port, port2 = cfg.port(EMBEDDED_DB_PORT), cfg.port(EMBEDDED_SECOND_DB_PORT)
             _require_free(port, "database")
             _require_free(port2, "second database")
             self.db = secantus_server(cfg.data / "db", port, self.logs / "secantusdb.log").start()
@@ -232,7 +230,7 @@ def free_port_offset(tries: int = 200) -> int:
     All ports stay below the ephemeral range: a port the kernel may give to some outgoing
     connection in the meantime could not be bound by a server a moment later.
     """
-    bases = (DEFAULT_NATS_PORT, DEFAULT_NATS_MONITOR, DEFAULT_DB_PORT, DEFAULT_SECOND_DB_PORT, *SERVICE_PORTS.values())
+    bases = (DEFAULT_NATS_PORT, DEFAULT_NATS_MONITOR, EMBEDDED_DB_PORT, EMBEDDED_SECOND_DB_PORT, *SERVICE_PORTS.values())
     ceiling = min(_ephemeral_floor(), 65536) - max(bases) - 1
     rng = random.Random()
     for _ in range(tries):

@@ -63,6 +63,7 @@ class Runtime:
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     routes: list[tuple[str, ASGIApp]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    subscribed: bool = False
 
     @property
     def broker(self):
@@ -87,7 +88,7 @@ class Runtime:
             broker_ok = bool(self.messaging.broker._connection and self.messaging.nc.is_connected)
         except Exception:
             broker_ok = False
-        return {"broker": broker_ok, "database": await ping(self.mongo)}
+        return {"broker": broker_ok, "subscribed": self.subscribed, "database": await ping(self.mongo)}
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> AsgiResponse:
@@ -234,22 +235,26 @@ def build_app(
             await hook()
 
     async def after_startup() -> None:
+        # Ready only once the server has registered every subscription: a command sent
+        # from another connection right after /health/ready must find its responder.
+        await messaging.nc.flush()
+        rt.subscribed = True
         for loop_fn in rt.background:
             rt._tasks.append(asyncio.create_task(loop_fn()))
         instance = settings.instance_of(service)  # a replicated read model's own durables and database
         log(logger, logging.INFO, "service started", service=service, **({"instance": instance} if instance else {}))
 
     async def on_shutdown() -> None:
-        await messaging.drain_batches()  # batches in hand are written and acked before closing
-        await outbox.drain()  # and their events published
+        await _within("batches in hand", messaging.drain_batches())  # written and acked before closing
+        await _within("background publishing", outbox.drain())  # and their events published
         for task in rt._tasks:
             task.cancel()
-        await asyncio.gather(*rt._tasks, return_exceptions=True)
+        await _within("background loops", asyncio.gather(*rt._tasks, return_exceptions=True))
 
     async def after_shutdown() -> None:
         for hook in rt.on_stop:
-            await hook()
-        await outbox.flush_published()
+            await _within("stop hook", hook())
+        await _within("outbox sweep", outbox.flush_published())
         await mongo.close()
 
     app = AsgiFastStream(
@@ -261,6 +266,19 @@ def build_app(
         after_shutdown=[after_shutdown],
     )
     return app, rt
+
+
+# Each shutdown step gets this long. A step cut short loses nothing: an unacked batch is
+# redelivered, an event not yet published is relayed from the outbox at the next start.
+SHUTDOWN_STEP_S = 15.0
+
+
+async def _within(step: str, work: Awaitable[Any], timeout: float = SHUTDOWN_STEP_S) -> None:
+    """Run one shutdown step, giving up (and saying so) rather than hanging the stop."""
+    try:
+        await asyncio.wait_for(work, timeout)
+    except TimeoutError:
+        log(logger, logging.WARNING, "shutdown step cut short", step=step, after_s=timeout)
 
 
 def tune_gc() -> None:

@@ -68,8 +68,7 @@ def service_settings(service: str, nats_url: str, mongodb_url: str, prefix: str,
 async def running(service: str, settings: Settings, register: Callable[[Runtime], None] | None = None) -> AsyncIterator[Runtime]:
     """Run one service in this process against real servers."""
     app, rt = build_app(service, settings, register)
-    await app.start()
-    await rt.messaging.nc.flush()  # subscriptions reach the server before the test sends commands
+    await app.start()  # returns once the server has registered every subscription (ready)
     try:
         yield rt
     finally:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.app import Runtime
+from shared.app import Runtime, build_app
 from shared.contract import subjects as s
 from shared.contract.case import AcceptCase
 from shared.contract.envelope import Envelope, new_id
@@ -168,6 +168,22 @@ async def test_crash_between_commit_and_publish_loses_no_event(probe) -> None:
     events = await eventually(lambda: _stream(js, s.INTAKE_REJECTED, 1), timeout=10, what="relayed event")
     assert b"crash-1" in events[0].data
     assert await eventually(lambda: _count_zero(rt), what="outbox emptied")
+
+
+async def test_ready_only_once_every_subscription_is_registered(nats_url, mongodb_url, db_prefix) -> None:
+    settings = service_settings("probe", nats_url, mongodb_url, db_prefix)
+    app, rt = build_app("probe", settings, probe_service({}))
+    assert (await rt.ready())["subscribed"] is False
+    nc = await connect(nats_url)
+    await app.start()
+    try:
+        assert await rt.ready() == {"broker": True, "subscribed": True, "database": True}
+        # another connection's first command finds its responder at once (no retry, no wait)
+        reply = await command(nc, s.command("case", "accept"), {"case_id": "C-01ABC", "by": "s-1"}, timeout=2)
+        assert reply["ok"] is True
+    finally:
+        await app.stop()
+        await nc.close()
 
 
 async def test_commands_answer_errors_and_never_crash(probe) -> None:

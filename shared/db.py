@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 from prometheus_client import CollectorRegistry, Histogram
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient, ReplaceOne, UpdateMany, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.operations import IndexModel
 
@@ -77,3 +79,61 @@ async def ping(client: AsyncMongoClient) -> bool:
 
 def strip_id(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k != "_id"}
+
+
+# SecantusDB plans, locks and frames a write a statement at a time: one `updateMany` over 100
+# `_id`s costs about half of 100 `ReplaceOne`s (measured: 1,630 vs 935 documents/s). Larger
+# groups get slower again, so a group is written in chunks of this many.
+GROUP_CHUNK = 100
+
+
+def guarded_writes(changes: Iterable[tuple[dict[str, Any], dict[str, Any]]], guard: str) -> list[ReplaceOne | UpdateMany]:
+    """The writes that turn each `before` document into its `after`, each guarded by `before`'s
+    `guard` field (a revision), so a document that moved on meanwhile is not matched.
+
+    Documents whose change is the same — an escalation batch: same level, unit, assignee and
+    deadlines — are written together by `UpdateMany({_id: {$in}, guard: rev})`; a lone change
+    is a `ReplaceOne`. Either way every document is matched at most once, so the caller knows
+    all were written when the matched count equals the number of changes."""
+    groups: dict[bytes, tuple[Any, dict[str, Any], list[Any], dict[str, Any]]] = {}
+    for before, after in changes:
+        update = _update_from(before, after)
+        key = bson.encode({"g": before[guard], "u": update})
+        group = groups.setdefault(key, (before[guard], update, [], after))
+        group[2].append(after["_id"])
+    ops: list[ReplaceOne | UpdateMany] = []
+    for rev, update, ids, after in groups.values():
+        if len(ids) == 1:
+            ops.append(ReplaceOne({"_id": ids[0], guard: rev}, after))
+            continue
+        for i in range(0, len(ids), GROUP_CHUNK):
+            ops.append(UpdateMany({"_id": {"$in": ids[i : i + GROUP_CHUNK]}, guard: rev}, update))
+    return ops
+
+
+def _update_from(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """`$set` what changed, `$inc` integer counters (the same step for every document of a group
+    even where their values differ, e.g. `version`), `$unset` what is gone."""
+    set_: dict[str, Any] = {}
+    inc: dict[str, int] = {}
+    for k, v in after.items():
+        if k == "_id":
+            continue
+        old = before.get(k, _MISSING)
+        if type(old) is type(v) and old == v:
+            continue
+        if type(v) is int and type(old) is int:
+            inc[k] = v - old
+        else:
+            set_[k] = v
+    update: dict[str, Any] = {}
+    if set_:
+        update["$set"] = set_
+    if inc:
+        update["$inc"] = inc
+    if gone := [k for k in before if k not in after]:
+        update["$unset"] = dict.fromkeys(gone, "")
+    return update
+
+
+_MISSING = object()

@@ -14,7 +14,7 @@ dossier (the resolve clock stops).
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -99,9 +99,13 @@ class Case:
     wake_at: datetime | None = None
 
     # -- persistence shape ---------------------------------------------------------------
+    # Field by field rather than `dataclasses.asdict`/`copy.deepcopy`: those recurse into every
+    # value and cost ~130 µs and ~50 µs a case, most of a timer batch's time in routing.
     def to_doc(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["_id"] = doc.pop("id")
+        """The stored document. It shares this case's lists and dicts: encode it, don't keep it."""
+        doc: dict[str, Any] = {"_id": self.id}
+        for name in _STORED:
+            doc[name] = getattr(self, name)
         return doc
 
     @classmethod
@@ -110,7 +114,14 @@ class Case:
         return cls(id=doc["_id"], **data)
 
     def copy(self) -> Case:
-        return copy.deepcopy(self)
+        """A copy to change: every list and dict in it is its own."""
+        new = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, list):
+                setattr(new, name, [copy.deepcopy(v) if isinstance(v, list | dict) else v for v in value])
+            elif isinstance(value, dict):
+                setattr(new, name, copy.deepcopy(value))
+        return new
 
     @property
     def paused(self) -> bool:
@@ -122,6 +133,9 @@ class Case:
 
     def public_state(self) -> str:
         return "paused" if self.paused and self.state in (ASSIGNED, ACCEPTED) else self.state
+
+
+_STORED = tuple(f.name for f in fields(Case) if f.name != "id")
 
 
 # ---- helpers ---------------------------------------------------------------------------

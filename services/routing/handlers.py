@@ -306,7 +306,7 @@ class Routing:
                 events = [*events, *item.rule(case, ctx)]
             changes[item.case_id] = (before, case, events)
         async with self.rt.outbox.unit_of_work() as uow:
-            if not await self.store.replace_many([(c, b.rev) for b, c, _ in changes.values()], uow.session):
+            if not await self.store.replace_many([(b, c) for b, c, _ in changes.values()], uow.session):
                 raise Conflict()
             for _, case, events in changes.values():
                 uow.emit(*self.envelopes(case.id, events))
@@ -355,7 +355,7 @@ class Routing:
         try:
             # publishing in the background lets the next poll overlap it (a backlog of due cases)
             async with self.rt.outbox.unit_of_work(publish_later=True) as uow:
-                if not await self.store.replace_many([(c, b.rev) for b, c, _ in decided], uow.session):
+                if not await self.store.replace_many([(b, c) for b, c, _ in decided], uow.session):
                     raise Conflict()
                 for _, case, events in decided:
                     if events:

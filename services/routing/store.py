@@ -1,6 +1,7 @@
 """Routing's MongoDB persistence: cases (one document per case, version-guarded) and the directory.
 
-Hot paths use `_id` lookups, `insert_many` and `bulk_write` of `ReplaceOne({_id, rev})`;
+Hot paths use `_id` lookups, `insert_many` and `bulk_write` of writes guarded by `rev`
+(`ReplaceOne({_id, rev})`, or one `UpdateMany({_id: {$in}, rev})` for cases changed alike);
 `rev` is the document revision every write checks and bumps, so two writers of one case
 cannot both win.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, ReplaceOne
+from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.operations import IndexModel
 
 from shared.contract.directory import Directory
-from shared.db import Indexes
+from shared.db import Indexes, guarded_writes
 from shared.timers import WAKE_INDEX
 
 from .domain import ACTIVE, Case
@@ -55,11 +56,12 @@ class Store:
         res = await self.cases.replace_one({"_id": case.id, "rev": old_rev}, case.to_doc(), session=session)
         return res.matched_count == 1
 
-    async def replace_many(self, pairs: Sequence[tuple[Case, int]], session: AsyncClientSession) -> bool:
-        """All or nothing from the caller's view: False if any case moved on meanwhile."""
+    async def replace_many(self, pairs: Sequence[tuple[Case, Case]], session: AsyncClientSession) -> bool:
+        """Each (before, after) written, guarded by `before.rev`. All or nothing from the
+        caller's view: False if any case moved on meanwhile."""
         if not pairs:
             return True
-        ops = [ReplaceOne({"_id": c.id, "rev": rev}, c.to_doc()) for c, rev in pairs]
+        ops = guarded_writes(((b.to_doc(), a.to_doc()) for b, a in pairs), "rev")
         res = await self.cases.bulk_write(ops, ordered=False, session=session)
         return res.matched_count == len(pairs)
 

@@ -337,3 +337,20 @@ def test_dissatisfied_reopens_then_escalates(index: DirectoryIndex) -> None:
 def test_seen_drops_repeated_external_events(index: DirectoryIndex) -> None:
     case, _ = opened(index)
     assert not domain.seen(case, "e1") and domain.seen(case, "e1")
+
+
+def test_a_copy_shares_no_list_or_dict_and_the_stored_document_round_trips(index: DirectoryIndex) -> None:
+    case, _ = opened(index)
+    case.warned.append("respond")
+    case.mediation = {"id": "M-1", "parties": [{"ref": "p1"}]}
+    doc = case.to_doc()
+    assert doc["_id"] == case.id and "id" not in doc
+    assert Case.from_doc(doc) == case
+    twin = case.copy()
+    assert twin == case
+    twin.warned.append("resolve")
+    twin.scope["grid"] = "elsewhere"
+    twin.mediation["parties"][0]["ref"] = "p2"
+    twin.seen.append("E-1")
+    assert case.warned == ["respond"] and case.scope["grid"] != "elsewhere"
+    assert case.mediation["parties"][0]["ref"] == "p1" and case.seen == []

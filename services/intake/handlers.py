@@ -39,6 +39,9 @@ from .store import IntakeStore
 logger = logging.getLogger("gridcase.intake")
 
 MAX_ATTEMPTS = 8
+# Waits for a duplicate key another replica holds in a transaction not yet committed (~5 s in
+# all: under load its commit can take that long; a retried submit would meet the same wait).
+UNSEEN_WAITS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.0, 1.0)
 REPORT_WRITES = 4  # batched report writes in flight at once (a backlog)…
 PARALLEL_FROM = 64  # …when this many reports wait; a trickle is written one batch at a time
 
@@ -245,7 +248,8 @@ class Intake:
         # about (the last batch had some), read the keys first: an aborted batch costs more.
         if self._repeats_seen:
             known = await self.store.existing(keys)
-        for attempt in range(1, attempts + 1):
+        attempt = unseen = 0
+        while True:
             fresh = [items[i] for i in first.values() if items[i].key not in known]
             try:
                 created = await self._insert(fresh)
@@ -253,13 +257,19 @@ class Intake:
             except PyMongoError as exc:
                 if only_duplicates(exc):
                     # another replica (or an earlier delivery) stored some of these: read them back
+                    seen = len(known)
                     known.update(await self.store.existing(keys))
+                    if len(known) == seen:
+                        # taken by a transaction not committed yet, so not readable: give it time
+                        unseen += 1
+                        if unseen > len(UNSEEN_WAITS_S):
+                            raise RuntimeError("report batch kept meeting duplicates it cannot read") from exc
+                        await asyncio.sleep(UNSEEN_WAITS_S[unseen - 1])
                     continue
-                if not lost_race(exc) or attempt == attempts:
+                attempt += 1
+                if not lost_race(exc) or attempt >= attempts:
                     raise
                 await backoff(attempt)
-        else:
-            raise RuntimeError("report batch kept meeting stored duplicates")
         self._repeats_seen = bool(known) or len(first) < len(items)
         results = []
         for i, item in enumerate(items):

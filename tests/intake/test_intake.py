@@ -207,7 +207,7 @@ async def test_two_instances_make_no_duplicate_case(settings, nc) -> None:
         assert len(await a.db.reports.distinct("case_id")) == 300
         case_of = {e["data"]["external_id"]: e["data"]["case_id"] for e in events}
         for data, reply in zip(items + items, replies[2:], strict=True):
-            assert reply["ok"] and reply["case_id"] == case_of[data["external_id"]]
+            assert reply["ok"] and reply["case_id"] == case_of[data["external_id"]], reply
         assert Counter(r["status"] for r in replies[2:])["duplicate"] >= 300
         # both replicas did real work, and only 300 reports opened a case between them
         assert all(_metric(rt, "gridcase_intake_reports_received_total") > 0 for rt in (a, b))

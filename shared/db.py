@@ -98,7 +98,8 @@ def guarded_writes(changes: Iterable[tuple[dict[str, Any], dict[str, Any]]], gua
     groups: dict[bytes, tuple[Any, dict[str, Any], list[Any], dict[str, Any]]] = {}
     for before, after in changes:
         update = _update_from(before, after)
-        key = bson.encode({"g": before[guard], "u": update})
+        # an unchanged document still has its guard checked: alone, by a `ReplaceOne`
+        key = bson.encode({"g": before[guard], "u": update} if update else {"_id": after["_id"]})
         group = groups.setdefault(key, (before[guard], update, [], after))
         group[2].append(after["_id"])
     ops: list[ReplaceOne | UpdateMany] = []

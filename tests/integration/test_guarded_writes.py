@@ -71,6 +71,14 @@ def test_a_lone_change_a_different_revision_or_a_different_change_is_its_own_wri
     assert ops[2]._doc["assignee"] == "dir-2"
 
 
+def test_unchanged_documents_are_each_checked_by_their_own_replace() -> None:
+    ops = guarded_writes([(case(1), case(1)), (case(2), case(2))], "rev")
+    assert [(type(op), op._filter) for op in ops] == [
+        (ReplaceOne, {"_id": "C-0001", "rev": 3}),
+        (ReplaceOne, {"_id": "C-0002", "rev": 3}),
+    ]
+
+
 def test_a_big_group_is_written_in_chunks() -> None:
     n = GROUP_CHUNK * 2 + 5
     ops = guarded_writes([(case(i), escalate(case(i))) for i in range(n)], "rev")

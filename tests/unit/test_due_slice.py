@@ -1,8 +1,10 @@
-"""DueSlice: how the timer poller walks a backlog of due documents a slice at a time."""
+"""DueSlice: how the timer poller walks a backlog of due documents a slice at a time; DuePoller's
+overlap of one batch's write with the next query."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
-from shared.timers import MAX_SPAN, MIN_SPAN, DueSlice
+from shared.timers import MAX_SPAN, MIN_SPAN, DuePoller, DueSlice
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -48,3 +50,53 @@ def test_a_slice_reaching_now_with_room_left_means_caught_up() -> None:
     assert high == NOW
     cut.advance(NOW - 2 * S, NOW - S, full=False, high=high, now=NOW)
     assert cut.low is None
+
+
+class _SlowFinds:
+    """A collection whose finds return what the test says, when the test says."""
+
+    name = "things"
+
+    def __init__(self) -> None:
+        self.database = {"leases": None}
+        self.answers: list[tuple[asyncio.Event | None, list[dict]]] = []
+
+    def find(self, query):
+        gate, docs = self.answers.pop(0)
+
+        class _Cursor:
+            def sort(self, *a):
+                return self
+
+            def limit(self, n):
+                return self
+
+            async def to_list(self):
+                if gate is not None:
+                    await gate.wait()
+                return docs
+
+        return _Cursor()
+
+
+async def test_overlap_never_hands_over_a_stale_read_of_a_batch_that_finished_meanwhile() -> None:
+    """overlap=2: the first batch is written while the next query runs; that query read the
+    batch's documents before they moved on. They are not handed over a second time."""
+    now = datetime.now(UTC)
+    a = [{"_id": "a1", "wake_at": now}, {"_id": "a2", "wake_at": now}]
+    b = [{"_id": "b1", "wake_at": now}]
+    written = asyncio.Event()
+    handed: list[str] = []
+
+    async def on_due(docs, _now) -> None:
+        handed.extend(d["_id"] for d in docs)
+        if docs[0]["_id"] == "a1":
+            written.set()  # a's write commits while the next query is still running
+
+    col = _SlowFinds()
+    col.answers = [(None, a), (written, a + b)]
+    poller = DuePoller(col, on_due, overlap=2)  # type: ignore[arg-type]
+    await poller.poll_once(now)
+    await poller.poll_once(now)
+    await poller.settle()
+    assert handed == ["a1", "a2", "b1"]

@@ -8,8 +8,8 @@ several replicas, and a stale firing (the case moved on) changes nothing.
 While a backlog is worked off, the poller reads it a slice at a time (`DueSlice`): the
 embedded database reads every match of a query before it sorts and limits, so "everything
 due, earliest 1,000" over 100,000 due documents costs seconds, a slice of about a batch
-milliseconds. With `overlap=2` the next slice is read and decided while the last one is
-being written, so the database is not left idle between batches.
+milliseconds. With `overlap=N` up to N batches are in hand: the next slice is read and
+decided while the last ones are being written, so the database is not left idle between them.
 """
 
 from __future__ import annotations

@@ -138,8 +138,8 @@ class StatsEngine:
         self.tz = tz
         self.metrics = metrics
         self.cache_size = cache_size
-        # facts as BSON: a third of the memory of the dicts (the 200 MB budget holds ~100,000),
-        # and decoding one is cheaper than the deep copy a hit needs anyway
+        # facts as BSON: under half the memory of the dicts (564 against 1,222 bytes a fact,
+        # measured), and decoding one is cheaper than the deep copy a hit needs anyway
         self.cache: OrderedDict[str, bytes] = OrderedDict()
         self.complete = False  # every stored fact is in the cache: a miss is a new case
         self.rollup = kpis.Rollup()

@@ -24,6 +24,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, IndexModel, UpdateMany
 
+from services.routing.domain import Case
 from shared.embedded import free_port, mongo_healthy, mongo_url, secantus_server, wait_until
 
 from .common import percentile
@@ -32,17 +33,15 @@ T0 = datetime(2026, 11, 30, tzinfo=UTC)
 
 
 def routing_case(i: int) -> dict[str, Any]:
-    """A document shaped like routing's stored case, assigned at grid level with clocks running."""
+    """Routing's stored document of a case assigned at grid level, its respond clock running."""
     due = T0 + timedelta(milliseconds=i)
-    return {
-        "_id": f"C-20261130-{i:08d}", "version": 2, "category": "env.sanitation", "priority": "normal",
-        "scope": {"district": "150802", "street": "s1", "community": "c1", "grid": f"g{i % 11}", "building": None},
-        "building": None, "located": True, "state": "assigned", "rev": 1, "handling": "direct", "level": "grid",
-        "unit": f"g{i % 11}", "assignee": f"w{i % 11}", "respond_by": due, "resolve_by": T0 + timedelta(hours=1),
-        "respond_warn_at": None, "resolve_warn_at": None, "warned": ["respond"], "overdue": [], "accepted_at": None,
-        "paused_at": None, "mediation": None, "resolved_at": None, "feedback_by": None, "dissatisfied": 0,
-        "department": None, "closed_reason": None, "duplicate_of": None, "opened_at": T0, "seen": [], "wake_at": due,
-    }
+    grid = f"g{i % 11}"
+    return Case(
+        id=f"C-20261130-{i:08d}", version=2, category="env.sanitation", priority="normal",
+        scope={"district": "150802", "street": "s1", "community": "c1", "grid": grid, "building": None},
+        building=None, located=True, rev=1, level="grid", unit=grid, assignee=f"w{i % 11}",
+        respond_by=due, resolve_by=T0 + timedelta(hours=1), warned=["respond"], opened_at=T0, wake_at=due,
+    ).to_doc()
 
 
 async def unit_of_work_latency(client: AsyncMongoClient, seconds: float) -> dict[str, float]:

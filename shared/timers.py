@@ -107,9 +107,9 @@ class DuePoller:
         first, last = (_utc(docs[0].get(self.field)), _utc(docs[-1].get(self.field))) if docs else (None, None)
         self.slice.advance(first, last, len(docs) >= self.batch, high, now)
         ids = {d["_id"] for d in docs}
-        in_hand = was_in_hand | self._in_hand
-        fresh, self._last_ids = len(ids - self._last_ids - in_hand), ids
-        docs = [d for d in docs if d["_id"] not in in_hand]
+        handed = ids - was_in_hand - self._in_hand
+        fresh, self._last_ids = len(handed - self._last_ids), ids
+        docs = [d for d in docs if d["_id"] in handed]
         if not docs:
             return fresh
         if self.overlap <= 1:
@@ -117,9 +117,8 @@ class DuePoller:
             return fresh
         while len(self._handing) >= self.overlap:
             await asyncio.wait(self._handing, return_when=asyncio.FIRST_COMPLETED)
-        ids = {d["_id"] for d in docs}
-        self._in_hand |= ids  # now, not when the task first runs: the next query starts first
-        task = asyncio.get_running_loop().create_task(self._hand_over(docs, ids, now))
+        self._in_hand |= handed  # now, not when the task first runs: the next query starts first
+        task = asyncio.get_running_loop().create_task(self._hand_over(docs, handed, now))
         self._handing.add(task)
         task.add_done_callback(self._handing.discard)
         return fresh

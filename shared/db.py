@@ -87,14 +87,18 @@ def strip_id(doc: dict[str, Any]) -> dict[str, Any]:
 GROUP_CHUNK = 100
 
 
-def guarded_writes(changes: Iterable[tuple[dict[str, Any], dict[str, Any]]], guard: str) -> list[ReplaceOne | UpdateMany]:
+def guarded_writes(
+    changes: Iterable[tuple[dict[str, Any], dict[str, Any]]], guard: str, *, namespace: str | None = None
+) -> list[ReplaceOne | UpdateMany]:
     """The writes that turn each `before` document into its `after`, each guarded by `before`'s
     `guard` field (a revision), so a document that moved on meanwhile is not matched.
 
     Documents whose change is the same — an escalation batch: same level, unit, assignee and
     deadlines — are written together by `UpdateMany({_id: {$in}, guard: rev})`; a lone change
     is a `ReplaceOne`. Either way every document is matched at most once, so the caller knows
-    all were written when the matched count equals the number of changes."""
+    all were written when the matched count equals the number of changes. `namespace`
+    ("db.collection") makes them writes for `client.bulk_write`."""
+    ns = {"namespace": namespace} if namespace else {}
     groups: dict[bytes, tuple[Any, dict[str, Any], list[Any], dict[str, Any]]] = {}
     for before, after in changes:
         update = _update_from(before, after)
@@ -105,10 +109,10 @@ def guarded_writes(changes: Iterable[tuple[dict[str, Any], dict[str, Any]]], gua
     ops: list[ReplaceOne | UpdateMany] = []
     for rev, update, ids, after in groups.values():
         if len(ids) == 1:
-            ops.append(ReplaceOne({"_id": ids[0], guard: rev}, after))
+            ops.append(ReplaceOne({"_id": ids[0], guard: rev}, after, **ns))
             continue
         for i in range(0, len(ids), GROUP_CHUNK):
-            ops.append(UpdateMany({"_id": {"$in": ids[i : i + GROUP_CHUNK]}, guard: rev}, update))
+            ops.append(UpdateMany({"_id": {"$in": ids[i : i + GROUP_CHUNK]}, guard: rev}, update, **ns))
     return ops
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ClientBulkWriteException, DuplicateKeyError, PyMongoError
 
 
 class BadMessage(Exception):
@@ -53,10 +53,11 @@ def lost_race(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, PyMongoError):
         return False
+    if isinstance(exc, ClientBulkWriteException) and isinstance(exc.error, PyMongoError) and lost_race(exc.error):
+        return True
     if exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) in RACE_CODES:
         return True
-    errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
-    return any(e.get("code") in RACE_CODES for e in errors)
+    return any(e.get("code") in RACE_CODES for e in _write_errors(exc))
 
 
 def only_duplicates(exc: BaseException) -> bool:
@@ -64,10 +65,18 @@ def only_duplicates(exc: BaseException) -> bool:
     stored these first — read them back rather than retry blindly."""
     if isinstance(exc, DuplicateKeyError):
         return True
-    if not isinstance(exc, BulkWriteError):
+    if isinstance(exc, ClientBulkWriteException) and exc.error is not None:
         return False
-    errors = (exc.details or {}).get("writeErrors") or []
+    if not isinstance(exc, BulkWriteError | ClientBulkWriteException):
+        return False
+    errors = _write_errors(exc)
     return bool(errors) and all(e.get("code") == 11000 for e in errors)
+
+
+def _write_errors(exc: PyMongoError) -> list[dict[str, Any]]:
+    """The per-write errors of a collection's or the client's bulk write (none for others)."""
+    errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
+    return list(errors.values()) if isinstance(errors, dict) else list(errors)
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:

@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("gridcase.messaging")
 
-BACKOFF_S = (0.5, 2.0, 5.0, 15.0, 30.0, 60.0)
+# The first five delays add up to 67.5 s: a message whose documents a crashed writer's open
+# transaction holds (until the database reaps it, after 60 s) is still retried after that.
+BACKOFF_S = (0.5, 2.0, 5.0, 15.0, 45.0, 60.0)
 DLQ_REASON = "Gridcase-Dlq-Reason"
 PERMANENT = (ValidationError, BadMessage, UnknownType, json.JSONDecodeError, UnicodeDecodeError)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,9 +23,11 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.operations import InsertOne
 from ulid import ULID
 
 from .contract.envelope import Envelope
+from .errors import Conflict
 from .logs import log
 from .messaging import EventPublisher
 
@@ -33,15 +35,44 @@ logger = logging.getLogger("gridcase.outbox")
 
 OUTBOX = "outbox"
 PUBLISHING = 4  # units of work publishing in the background at once, at most
+# Published entries are deleted this long after the first of them, all in one statement. Each
+# statement holds the (one-threaded, embedded) database a few ms, in front of the report →
+# assigned path; an entry left a little longer costs nothing (the relay takes only those
+# older than 3 s, and a repeat is dropped by JetStream's duplicate window).
+SWEEP_PAUSE_S = 0.5
 
 
 @dataclass
 class UnitOfWork:
     session: AsyncClientSession
     events: list[Envelope[Any]] = field(default_factory=list)
+    writes: list[Any] = field(default_factory=list)
+    guarded: list[int] = field(default_factory=list)  # indexes in `writes` of guarded writes
+    must_match: int = 0
 
     def emit(self, *events: Envelope[Any]) -> None:
         self.events.extend(events)
+
+    def write(self, models: Iterable[Any], *, matched: int = 0) -> None:
+        """Writes (pymongo write models with a `namespace`) sent together with the outbox entry
+        in one `client.bulk_write` at commit: a unit of work is then one statement and the
+        commit, not one per collection plus the outbox's (each statement is a round trip the
+        report → assigned path waits for). `matched`: how many documents the guarded updates
+        and replacements among them must match, or the unit of work fails with `Conflict`."""
+        start = len(self.writes)
+        self.writes.extend(models)
+        if matched:
+            self.guarded.extend(range(start, len(self.writes)))
+            self.must_match += matched
+
+    async def _send(self, client: AsyncMongoClient, outbox: str, entry: dict[str, Any] | None) -> None:
+        models = self.writes + ([InsertOne(entry, namespace=outbox)] if entry else [])
+        # per-write results only when a guard is to be checked (they make the reply longer)
+        result = await client.bulk_write(models, session=self.session, ordered=True, verbose_results=bool(self.guarded))
+        if self.guarded:
+            updates = result.update_results
+            if sum(updates[i].matched_count for i in self.guarded if i in updates) != self.must_match:
+                raise Conflict()
 
 
 class Outbox:
@@ -58,7 +89,8 @@ class Outbox:
 
     @asynccontextmanager
     async def unit_of_work(self, *, publish_later: bool = False) -> AsyncIterator[UnitOfWork]:
-        """`async with outbox.unit_of_work() as uow:` write with `session=uow.session`, `uow.emit(...)`.
+        """`async with outbox.unit_of_work() as uow:` write with `session=uow.session` (or queue
+        writes with `uow.write(...)`), `uow.emit(...)`.
 
         `publish_later`: return once committed and publish in the background (at most
         `PUBLISHING` units of work at a time), so a pipeline's next write overlaps this one's
@@ -75,6 +107,9 @@ class Outbox:
                         "created_at": datetime.now(UTC),
                         "events": [[e.type, e.id, e.to_json()] for e in uow.events],
                     }
+                if uow.writes:
+                    await uow._send(self.client, self.collection.full_name, entry)
+                elif entry is not None:
                     await self.collection.insert_one(entry, session=session)
         if entry is not None:
             if self.crash_after_commit:
@@ -108,7 +143,7 @@ class Outbox:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
-    async def _sweep(self, pause: float = 0.05) -> None:
+    async def _sweep(self, pause: float = SWEEP_PAUSE_S) -> None:
         """Delete published entries, many per statement, until none are waiting."""
         while self._published:
             await asyncio.sleep(pause)  # let more units of work finish meanwhile

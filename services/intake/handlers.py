@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +39,8 @@ from .store import IntakeStore
 logger = logging.getLogger("gridcase.intake")
 
 MAX_ATTEMPTS = 8
+ISOLATING_ATTEMPTS = 2  # for each part while a batch that kept losing races is split…
+ISOLATING_WRITES = 16  # …and at most this many writes in all
 # Waits for a duplicate key another replica holds in a transaction not yet committed (~5 s in
 # all: under load its commit can take that long; a retried submit would meet the same wait).
 UNSEEN_WAITS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.0, 1.0)
@@ -224,18 +226,29 @@ class Intake:
         them only when it reaps that transaction): only those are retried later, not their
         whole batch."""
         self.metrics.flush.observe(len(items))
-        return await self.claims.write_apart(items, _claimed_keys, lambda part: self._store_isolating(part, MAX_ATTEMPTS))
 
-    async def _store_isolating(self, items: Sequence[Pending], attempts: int) -> list[Outcome | Exception]:
+        def isolating(part: list[Pending]) -> Awaitable[list[Outcome | Exception]]:
+            return self._store_isolating(part, MAX_ATTEMPTS, [ISOLATING_WRITES])
+
+        return await self.claims.write_apart(items, _claimed_keys, isolating)
+
+    async def _store_isolating(
+        self, items: Sequence[Pending], attempts: int, budget: list[int]
+    ) -> list[Outcome | Exception]:
+        budget[0] -= 1
         try:
             return await self._store_batch(items, attempts)
         except PyMongoError as exc:
-            if not lost_race(exc) or len(items) == 1:
+            if not lost_race(exc) or len(items) == 1 or budget[0] <= 0:
                 return [exc] * len(items)
-        # halves get few attempts (the search must not take long); a report alone gets them all
+        # The search for the reports at fault is bounded (`budget` writes, few attempts each):
+        # they are most likely held by a crashed writer's transaction (until the database reaps
+        # it, 60 s), so retrying them here helps nothing — and when a whole batch was held, the
+        # search down to every single report outlasted the ack wait. JetStream's redelivery with
+        # back-off retries what is left.
         half = len(items) // 2
         parts = (items[:half], items[half:])
-        return [r for part in parts for r in await self._store_isolating(part, MAX_ATTEMPTS if len(part) == 1 else 2)]
+        return [r for part in parts for r in await self._store_isolating(part, ISOLATING_ATTEMPTS, budget)]
 
     async def _store_batch(self, items: Sequence[Pending], attempts: int) -> list[Outcome | Exception]:
         first: dict[str, int] = {}
@@ -331,7 +344,7 @@ class Intake:
             out[item.key] = doc
         # the next batch is written while this one's `received` events go out
         async with self.rt.outbox.unit_of_work(publish_later=True) as uow:
-            await self.store.insert_reports(docs, uow.session)
+            self.store.insert_reports(docs, uow)
             uow.emit(*events)
         for doc in docs:
             if doc["duplicate_of"]:

@@ -17,12 +17,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from shared.db import Indexes
+from shared.outbox import UnitOfWork
 
 from .domain import DirectoryView, OpenCase
 
@@ -98,24 +99,24 @@ class IntakeStore:
         still_open = {d["_id"] async for d in self.cases.find({"_id": {"$in": ids}, "open": True}, {"_id": 1})}
         return {k: kept for k, cs in recent.items() if (kept := [c for c in cs if c.case_id in still_open])}
 
-    async def insert_reports(self, docs: Sequence[dict[str, Any]], session: AsyncClientSession) -> None:
+    def insert_reports(self, docs: Sequence[dict[str, Any]], uow: UnitOfWork) -> None:
         """The reports, their cases' view, and each under its place and category for linking
-        (one transaction)."""
-        await self.reports.insert_many(list(docs), ordered=False, session=session)
-        await self.cases.insert_many([case_view(d) for d in docs], ordered=False, session=session)
+        (written with the unit of work's events, in one statement)."""
+        uow.write(InsertOne(d, namespace=self.reports.full_name) for d in docs)
+        uow.write(InsertOne(case_view(d), namespace=self.cases.full_name) for d in docs)
         linked: dict[str, list[dict[str, Any]]] = {}
         for d in docs:
             if d.get("link_key"):
                 linked.setdefault(d["link_key"], []).append({"case_id": d["case_id"], "at": d["received_at"]})
-        if linked:
-            await self.links.bulk_write(
-                [
-                    UpdateOne({"_id": k}, {"$push": {"cases": {"$each": cases, "$slice": -LINKS_KEPT}}}, upsert=True)
-                    for k, cases in linked.items()
-                ],
-                ordered=False,
-                session=session,
+        uow.write(
+            UpdateOne(
+                {"_id": k},
+                {"$push": {"cases": {"$each": cases, "$slice": -LINKS_KEPT}}},
+                upsert=True,
+                namespace=self.links.full_name,
             )
+            for k, cases in linked.items()
+        )
 
     async def by_case(self, case_id: str) -> dict[str, Any] | None:
         """The case's view (assignee, community, open) over its report."""

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shared.app import Runtime
 from shared.batching import Coalescer, one_by_one
@@ -18,7 +18,7 @@ from shared.contract import subjects
 from shared.contract.case import CaseReceived, case_reply
 from shared.contract.directory import Directory, DirectoryChanged
 from shared.contract.envelope import Envelope
-from shared.errors import BadMessage, Conflict, DomainError, lost_race
+from shared.errors import BadMessage, Conflict, DomainError, lost_race, only_duplicates
 from shared.locks import KeyedLocks
 from shared.logs import log
 
@@ -173,11 +173,11 @@ class Routing:
             opened.append((case, events))
         try:
             async with self.rt.outbox.unit_of_work() as uow:
-                await self.store.insert([c for c, _ in opened], uow.session)
+                self.store.insert([c for c, _ in opened], uow)
                 for case, events in opened:
                     uow.emit(*self.envelopes(case.id, events))
-        except (BulkWriteError, DuplicateKeyError, PyMongoError) as exc:
-            if not isinstance(exc, DuplicateKeyError | BulkWriteError) and not lost_race(exc):
+        except PyMongoError as exc:
+            if not only_duplicates(exc) and not lost_race(exc):
                 raise
             # some were already opened (a redelivery), or one is held by a transaction a crashed
             # process left open: undo and take them one at a time, so only that one waits
@@ -195,10 +195,12 @@ class Routing:
         case, events = domain.open_case(data, self.index.locate(data.location), self.ctx())
         try:
             async with self.rt.outbox.unit_of_work() as uow:
-                await self.store.insert([case], uow.session)
+                self.store.insert([case], uow)
                 uow.emit(*self.envelopes(case.id, events))
-        except DuplicateKeyError:
-            return
+        except PyMongoError as exc:
+            if only_duplicates(exc):
+                return
+            raise
         self.committed(None, case, events)
 
     async def _merge_duplicate(self, data: CaseReceived) -> None:
@@ -221,13 +223,12 @@ class Routing:
             note_events = domain.note_duplicate(noted, case.id, ctx)
             try:
                 async with self.rt.outbox.unit_of_work() as uow:
-                    await self.store.insert([case], uow.session)
-                    if not await self.store.replace(noted, old_rev, uow.session):
-                        raise Conflict()
+                    self.store.insert([case], uow)
+                    self.store.replace(noted, old_rev, uow)
                     uow.emit(*self.envelopes(case.id, events), *self.envelopes(noted.id, note_events))
-            except DuplicateKeyError:
-                return
             except (Conflict, PyMongoError) as exc:
+                if only_duplicates(exc):
+                    return
                 if not lost_race(exc):
                     raise
                 continue
@@ -254,8 +255,7 @@ class Routing:
             reply = case_reply(case.id, case.version, case.public_state())
             try:
                 async with self.rt.outbox.unit_of_work() as uow:
-                    if not await self.store.replace(case, before.rev, uow.session):
-                        raise Conflict()
+                    self.store.replace(case, before.rev, uow)
                     uow.emit(*self.envelopes(case.id, events))
                     await self.rt.commands.record(body.id, reply, session=uow.session)
             except DuplicateKeyError:  # a racing replica answered this command id first
@@ -306,8 +306,7 @@ class Routing:
                 events = [*events, *item.rule(case, ctx)]
             changes[item.case_id] = (before, case, events)
         async with self.rt.outbox.unit_of_work() as uow:
-            if not await self.store.replace_many([(b, c) for b, c, _ in changes.values()], uow.session):
-                raise Conflict()
+            self.store.replace_many([(b, c) for b, c, _ in changes.values()], uow)
             for _, case, events in changes.values():
                 uow.emit(*self.envelopes(case.id, events))
         return list(changes.values())
@@ -323,8 +322,7 @@ class Routing:
             events = item.rule(case, self.ctx())
             try:
                 async with self.rt.outbox.unit_of_work() as uow:
-                    if not await self.store.replace(case, before.rev, uow.session):
-                        raise Conflict()
+                    self.store.replace(case, before.rev, uow)
                     uow.emit(*self.envelopes(case.id, events))
             except (Conflict, PyMongoError) as exc:
                 if not lost_race(exc):
@@ -355,8 +353,7 @@ class Routing:
         try:
             # publishing in the background lets the next poll overlap it (a backlog of due cases)
             async with self.rt.outbox.unit_of_work(publish_later=True) as uow:
-                if not await self.store.replace_many([(b, c) for b, c, _ in decided], uow.session):
-                    raise Conflict()
+                self.store.replace_many([(b, c) for b, c, _ in decided], uow)
                 for _, case, events in decided:
                     if events:
                         uow.emit(*self.envelopes(case.id, events))
@@ -383,8 +380,7 @@ class Routing:
             events = domain.on_timer(case, self.ctx(now))
             try:
                 async with self.rt.outbox.unit_of_work() as uow:
-                    if not await self.store.replace(case, before.rev, uow.session):
-                        raise Conflict()
+                    self.store.replace(case, before.rev, uow)
                     uow.emit(*self.envelopes(case.id, events))
             except (Conflict, PyMongoError) as exc:
                 if not lost_race(exc):

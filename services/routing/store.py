@@ -1,7 +1,8 @@
 """Routing's MongoDB persistence: cases (one document per case, version-guarded) and the directory.
 
-Hot paths use `_id` lookups, `insert_many` and `bulk_write` of writes guarded by `rev`
-(`ReplaceOne({_id, rev})`, or one `UpdateMany({_id: {$in}, rev})` for cases changed alike);
+Hot paths use `_id` lookups and writes queued on the unit of work (sent with its events in one
+`client.bulk_write`), guarded by `rev` (`ReplaceOne({_id, rev})`, or one
+`UpdateMany({_id: {$in}, rev})` for cases changed alike);
 `rev` is the document revision every write checks and bumps, so two writers of one case
 cannot both win.
 """
@@ -14,10 +15,11 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.operations import IndexModel
+from pymongo.operations import IndexModel, InsertOne, ReplaceOne
 
 from shared.contract.directory import Directory
 from shared.db import Indexes, guarded_writes
+from shared.outbox import UnitOfWork
 from shared.timers import WAKE_INDEX
 
 from .domain import ACTIVE, Case
@@ -45,25 +47,19 @@ class Store:
     async def get_many(self, case_ids: Sequence[str]) -> dict[str, Case]:
         return {d["_id"]: Case.from_doc(d) async for d in self.cases.find({"_id": {"$in": list(case_ids)}})}
 
-    async def insert(self, cases: Sequence[Case], session: AsyncClientSession) -> None:
-        docs = [c.to_doc() for c in cases]
-        if len(docs) == 1:
-            await self.cases.insert_one(docs[0], session=session)
-        elif docs:
-            await self.cases.insert_many(docs, ordered=True, session=session)
+    def insert(self, cases: Sequence[Case], uow: UnitOfWork) -> None:
+        uow.write(InsertOne(c.to_doc(), namespace=self.cases.full_name) for c in cases)
 
-    async def replace(self, case: Case, old_rev: int, session: AsyncClientSession) -> bool:
-        res = await self.cases.replace_one({"_id": case.id, "rev": old_rev}, case.to_doc(), session=session)
-        return res.matched_count == 1
+    def replace(self, case: Case, old_rev: int, uow: UnitOfWork) -> None:
+        """Written at commit, guarded by `old_rev`: the unit of work fails with `Conflict` if the
+        case moved on meanwhile."""
+        uow.write([ReplaceOne({"_id": case.id, "rev": old_rev}, case.to_doc(), namespace=self.cases.full_name)], matched=1)
 
-    async def replace_many(self, pairs: Sequence[tuple[Case, Case]], session: AsyncClientSession) -> bool:
-        """Each (before, after) written, guarded by `before.rev`. All or nothing from the
-        caller's view: False if any case moved on meanwhile."""
-        if not pairs:
-            return True
-        ops = guarded_writes(((b.to_doc(), a.to_doc()) for b, a in pairs), "rev")
-        res = await self.cases.bulk_write(ops, ordered=False, session=session)
-        return res.matched_count == len(pairs)
+    def replace_many(self, pairs: Sequence[tuple[Case, Case]], uow: UnitOfWork) -> None:
+        """Each (before, after) written at commit, guarded by `before.rev`: all or nothing — the
+        unit of work fails with `Conflict` if any case moved on meanwhile."""
+        changes = ((b.to_doc(), a.to_doc()) for b, a in pairs)
+        uow.write(guarded_writes(changes, "rev", namespace=self.cases.full_name), matched=len(pairs))
 
     async def active_cases(self) -> AsyncIterator[dict[str, Any]]:
         """Open cases (for the in-memory workload and gauges at start), a few fields each."""

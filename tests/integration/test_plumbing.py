@@ -7,13 +7,15 @@ import time
 from typing import Any
 
 import pytest
+from pymongo import InsertOne, UpdateOne
+from pymongo.errors import PyMongoError
 
 from shared.app import Runtime, build_app
 from shared.contract import subjects as s
 from shared.contract.case import AcceptCase
 from shared.contract.envelope import Envelope, new_id
 from shared.contract.intake import Report
-from shared.errors import DomainError
+from shared.errors import Conflict, DomainError, lost_race, only_duplicates
 from shared.outbox import SimulatedCrash
 
 from ..support import (
@@ -168,6 +170,53 @@ async def test_crash_between_commit_and_publish_loses_no_event(probe) -> None:
     events = await eventually(lambda: _stream(js, s.INTAKE_REJECTED, 1), timeout=10, what="relayed event")
     assert b"crash-1" in events[0].data
     assert await eventually(lambda: _count_zero(rt), what="outbox emptied")
+
+
+async def test_queued_writes_commit_with_the_events_and_a_stale_guard_writes_nothing(
+    nats_url: str, mongodb_url: str, db_prefix: str
+) -> None:
+    """`uow.write(...)`: the writes go with the outbox document in one statement at commit. Only
+    the writes declared guarded count against `matched` (an upsert that matches does not); a
+    guard that does not match fails the unit of work with `Conflict` and nothing of it is
+    stored or published; a duplicate key is recognised as one."""
+    settings = service_settings("probe", nats_url, mongodb_url, db_prefix)
+    nc = await connect(nats_url)
+    js = nc.jetstream()
+
+    def notice(qid: str) -> Envelope:
+        return rt.event(s.INTAKE_REJECTED, {"errors": [], "quarantine_id": qid, "at": "2026-11-30T00:00:00Z"})
+
+    async with running("probe", settings, probe_service({})) as rt:
+        docs = rt.db.docs
+        ns = docs.full_name
+        await docs.insert_many([{"_id": "a", "rev": 1}, {"_id": "b", "rev": 1}])
+        async with rt.outbox.unit_of_work() as uow:
+            uow.write([UpdateOne({"_id": "a", "rev": 1}, {"$inc": {"rev": 1}}, namespace=ns)], matched=1)
+            uow.write([UpdateOne({"_id": "b"}, {"$set": {"seen": True}}, upsert=True, namespace=ns)])
+            uow.emit(notice("queued-1"))
+        assert await docs.find_one({"_id": "a"}) == {"_id": "a", "rev": 2}
+        assert await docs.find_one({"_id": "b"}) == {"_id": "b", "rev": 1, "seen": True}
+
+        with pytest.raises(Conflict):
+            async with rt.outbox.unit_of_work() as uow:
+                uow.write([InsertOne({"_id": "c"}, namespace=ns)])
+                uow.write([UpdateOne({"_id": "a", "rev": 1}, {"$inc": {"rev": 1}}, namespace=ns)], matched=1)
+                uow.emit(notice("stale-1"))
+        assert await docs.find_one({"_id": "c"}) is None
+        assert await docs.find_one({"_id": "a"}) == {"_id": "a", "rev": 2}
+
+        with pytest.raises(PyMongoError) as raised:
+            async with rt.outbox.unit_of_work() as uow:
+                uow.write([InsertOne({"_id": "d"}, namespace=ns), InsertOne({"_id": "a"}, namespace=ns)])
+        assert only_duplicates(raised.value) and not lost_race(raised.value)
+        assert await docs.find_one({"_id": "d"}) is None
+
+        events = await eventually(lambda: _stream(js, s.INTAKE_REJECTED, 1), what="the committed unit's event")
+        await asyncio.sleep(0.5)
+        published = [m.data for m in await stream_messages(js, "GRIDCASE_INTAKE", s.INTAKE_REJECTED)]
+        assert len(published) == 1 and b"queued-1" in events[0].data
+        assert await eventually(lambda: _count_zero(rt), what="outbox emptied")
+    await nc.close()
 
 
 async def test_ready_only_once_every_subscription_is_registered(nats_url, mongodb_url, db_prefix) -> None:

@@ -353,13 +353,13 @@ class Intake:
 
     # ---- what intake learns from other services --------------------------------------------
     async def on_assigned(self, data: CaseAssigned) -> None:
-        await self.case_updates.submit(self.store.assign_op(data.case_id, data.version, data.assignee, data.scope.model_dump()))
+        await self.case_updates.submit(self.store.assignment(data.case_id, data.version, data.assignee, data.scope.model_dump()))
 
     async def on_closed(self, data: CaseClosed) -> None:
-        await self.case_updates.submit(self.store.close_op(data.case_id, data.version))
+        await self.case_updates.submit(self.store.closure(data.case_id, data.version))
 
     async def _flush_case_updates(self, ops: Sequence[Any]) -> list[None]:
-        await self.store.apply(list(ops))
+        await self.store.record_changes(list(ops))
         return [None] * len(ops)
 
     async def on_directory(self, data: DirectoryChanged) -> None:

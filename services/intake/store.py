@@ -7,10 +7,10 @@ id: where the case is when it opens. What intake learns later (assignments, clos
 to `case_changes`, one small document each (`<case>|a|<version>`, `<case>|closed`), never
 updated in place: on the embedded database an insert costs ~0.1 ms a document, an update of
 the case ~1.5 ms, and those updates held the database in front of the report path. A case's
-view is its `cases` document with its changes folded in (`fold_changes`). No secondary index at all: on SecantusDB one costs each insert more than the insert
-itself. Duplicate linking reads `links`, one small document per place and category (`_id` = the
-link key) holding its latest cases, so it is found by `_id` and written only for reports that
-name a place.
+view is its `cases` document with its changes folded in (`fold_changes`). No secondary index
+at all: on SecantusDB one costs each insert more than the insert itself. Duplicate linking
+reads `links`, one small document per place and category (`_id` = the link key) holding its
+latest cases, so it is found by `_id` and written only for reports that name a place.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -263,6 +264,22 @@ async def fail_batch_member(dead_letters: DeadLetters, max_deliver: int, raw: An
         await raw.nak(delay=backoff(delivered))
 
 
+# A batch still in hand after this many "working" acks is let go: redelivered after ack_wait.
+WORKING_ACKS = 20
+
+
+async def _keep_working(raws: list[Any], ack_wait_s: float) -> None:
+    """While a batch is being handled, tell JetStream every third of the ack wait that it is
+    (`+WPI`), so a slow batch — e.g. one waiting on documents a crashed writer's transaction
+    holds — is not redelivered meanwhile: each such redelivery counted towards `max_deliver`,
+    and a batch could be dead-lettered in seconds while it was still being retried."""
+    for _ in range(WORKING_ACKS):
+        await asyncio.sleep(ack_wait_s / 3)
+        for raw in raws:
+            with contextlib.suppress(Exception):  # a message acked meanwhile, or the connection gone
+                await raw.in_progress()
+
+
 async def _whole_batch(msg: Any) -> Any:
     """FastStream decoder of `consume_batches`: the batch message itself (bodies and acks)."""
     return msg
@@ -399,12 +416,15 @@ class Messaging:
         consumer: str,
     ) -> None:
         try:
+            working = asyncio.get_running_loop().create_task(_keep_working(raws, self.settings.ack_wait_s))
             try:
                 results = await on_messages(raws)
             except asyncio.CancelledError:
                 raise  # unacked: redelivered after ack_wait
             except Exception as exc:
                 results = [exc] * len(raws)
+            finally:
+                working.cancel()
             results = list(results or [None] * len(raws))
             retried = [r for r in results if isinstance(r, Exception) and not isinstance(r, PERMANENT)]
             if retried:

@@ -277,6 +277,8 @@ def batch_probe_service(calls: list[list[str]], fail: dict[str, int]):
         async def on_reports(bodies: list[bytes]) -> list[Exception | None]:
             reports = [Envelope[Report].model_validate_json(b).data for b in bodies]
             calls.append([r.external_id for r in reports])
+            if any(r.title == "slow" for r in reports):
+                await asyncio.sleep(2.5)  # longer than the ack wait of the test that sends it
             results: list[Exception | None] = []
             for r in reports:
                 seen[r.external_id] = seen.get(r.external_id, 0) + 1
@@ -301,6 +303,24 @@ async def batch_probe(nats_url: str, mongodb_url: str, db_prefix: str):
     nc = await connect(nats_url)
     async with running("probe", settings, batch_probe_service(calls, {"fails-twice": 2})) as rt:
         yield rt, nc, calls
+    await nc.close()
+
+
+async def test_a_batch_handled_for_longer_than_the_ack_wait_is_not_redelivered_meanwhile(
+    nats_url: str, mongodb_url: str, db_prefix: str
+) -> None:
+    """Working acks keep a slow batch in hand: it is handled once, not redelivered every ack
+    wait (each redelivery counts towards `max_deliver`)."""
+    calls: list[list[str]] = []
+    settings = service_settings("probe", nats_url, mongodb_url, db_prefix, ack_wait_s=1.0, max_deliver=2)
+    nc = await connect(nats_url)
+    async with running("probe", settings, batch_probe_service(calls, {})) as rt:
+        await publish(nc.jetstream(), s.INTAKE_REPORT, {**REPORT, "external_id": "slow-1", "title": "slow"})
+        await eventually(lambda: _count(rt, 1), timeout=10, what="the slow report stored")
+        info = await nc.jetstream().consumer_info("GRIDCASE_INTAKE", "probe-intake-report")
+        assert info.num_redelivered == 0 and info.num_ack_pending == 0
+        assert calls == [["slow-1"]]
+        assert await stream_messages(nc.jetstream(), "GRIDCASE_DLQ") == []
     await nc.close()
 
 

@@ -125,7 +125,8 @@ class Intake:
         self.metrics = Metrics(rt)
         self.directory = domain.DirectoryView()
         self._repeats_seen = False
-        # what intake learns of cases (assignee, closure): one batched write per 0.1 s at most
+        # what intake learns of cases (assignments, closures): one insert into `case_changes` per
+        # `OFF_PATH_INTERVAL_S` at most
         self.case_updates: Coalescer[Any, None] = Coalescer(self._flush_case_updates, max_batch=500, min_interval=OFF_PATH_INTERVAL_S)
         # Several group commits in flight: the next batch is written while the database commits
         # the last. `claims` keeps them apart: a report whose key or place+category a write in

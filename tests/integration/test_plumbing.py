@@ -6,7 +6,9 @@ import asyncio
 import time
 from typing import Any
 
+import nats
 import pytest
+from prometheus_client import CollectorRegistry
 from pymongo import InsertOne, UpdateOne
 from pymongo.errors import PyMongoError
 
@@ -15,7 +17,9 @@ from shared.contract import subjects as s
 from shared.contract.case import AcceptCase
 from shared.contract.envelope import Envelope, new_id
 from shared.contract.intake import Report
+from shared.contract.subjects import dlq_subject
 from shared.errors import Conflict, DomainError, lost_race, only_duplicates
+from shared.messaging import ConsumerSpec, DeadLetters, declare_streams, ensure_consumer
 from shared.outbox import SimulatedCrash
 
 from ..support import (
@@ -542,3 +546,47 @@ async def test_due_poller_with_overlap_writes_one_batch_while_it_reads_the_next(
     assert not rehanded, "documents in hand were handed over again"
     assert max(at_once) == 2, "two batches in hand at once, never more"
     assert not poller._handing and not poller._in_hand
+
+
+@pytest.mark.parametrize("ending", ["nak_until_max_deliver", "terminated"])
+async def test_a_message_given_up_outside_our_handlers_is_copied_to_the_dlq_from_the_advisory(nats_url, ending) -> None:
+    """The other dead-letter path (DESIGN §4): whatever ends a message's deliveries — a process
+    that naks it until `max_deliver`, or anything that terminates it — raises a JetStream
+    advisory, and the watcher copies the message to the DLQ with the reason, once."""
+    nc = await connect(nats_url)
+    js = nc.jetstream()
+    await declare_streams(js)
+    tag = new_id()[:12].lower()
+    spec = ConsumerSpec("GRIDCASE_INTAKE", f"adv-{tag}", f"gridcase.intake.advisory.{tag}", 2, 30.0, 10)
+    await ensure_consumer(js, spec)
+    dead = DeadLetters(CollectorRegistry())
+    dead.bind(nc)
+    subs = await dead.watch_advisories([spec])
+    try:
+        sent = await js.publish(spec.subject, b'{"kept": "for inspection"}')
+        pull = await js.pull_subscribe_bind(spec.durable, spec.stream)
+        for _ in range(spec.max_deliver if ending == "nak_until_max_deliver" else 1):
+            (msg,) = await pull.fetch(1, timeout=5)
+            await (msg.nak() if ending == "nak_until_max_deliver" else msg.term())
+        # not delivered again (and the server notices the exhausted message on this next pull)
+        with pytest.raises(nats.errors.TimeoutError):
+            await pull.fetch(1, timeout=1.5)
+        dlq = await eventually(lambda: stream_messages(js, "GRIDCASE_DLQ", dlq_subject(spec.stream, spec.durable)),
+                               timeout=10, what="advisory copy in the DLQ")
+        reason = "max_deliveries" if ending == "nak_until_max_deliver" else "terminated"
+        assert dlq[0].headers["Gridcase-Dlq-Reason"] == reason
+        assert dlq[0].headers["Gridcase-Dlq-Stream-Seq"] == str(sent.seq)
+        assert dlq[0].headers["Gridcase-Dlq-Subject"] == spec.subject
+        assert dlq[0].data == b'{"kept": "for inspection"}'
+        # the handler path may dead-letter the same message too: still one entry, counted once
+        await dead.put(stream=spec.stream, consumer=spec.durable, stream_seq=sent.seq, subject=spec.subject,
+                       data=dlq[0].data, reason="exhausted", detail="handler gave up", deliveries=2)
+        await asyncio.sleep(0.3)
+        assert len(await stream_messages(js, "GRIDCASE_DLQ", dlq_subject(spec.stream, spec.durable))) == 1
+        counted = {r: dead.count.labels(spec.stream, spec.durable, r)._value.get() for r in (reason, "exhausted")}
+        assert counted == {reason: 1.0, "exhausted": 0.0}
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+        await js.delete_consumer(spec.stream, spec.durable)
+        await nc.close()

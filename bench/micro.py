@@ -175,7 +175,7 @@ async def _time_nats(nc: Any, qs: list[dict[str, Any]], metric: str, n: int) -> 
 
 async def run_dispatch_match(opts: Options) -> list[Row]:
     n = 10_000
-    metric = f"match p99 ({n:,} volunteers)"
+    metric = f"match p99 ({n:,} volunteers in one community)"
     try:
         t0 = time.monotonic()
         fn, how = dispatch_matcher(n)

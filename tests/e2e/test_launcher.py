@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -135,5 +136,42 @@ def test_ctrl_c_while_starting_stops_at_once(tmp_path: Path, started: str) -> No
     out, _ = proc.communicate(timeout=20)
     assert time.monotonic() - t_stop < 10, out
     assert "gridcase: stopped" in out, out
+    time.sleep(0.3)
+    assert processes_of(data) == [], out
+
+
+@pytest.mark.timeout(240)
+def test_make_run_shows_the_four_communities_live_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    """What `make run` starts (`gridcase up --demo` with the minutes policy), tried as a new user
+    would: within 2 minutes the dashboard and its API show cases of the demo's four communities;
+    Ctrl-C stops every process, the simulator included."""
+    data, offset = tmp_path / "data", free_port_offset()
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--demo", "--policy", str(repo / "demo" / "policy-minutes.yaml"),
+         "--rate", "4", "--data", str(data), "--port-offset", str(offset)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=repo,
+    )
+    stats = f"http://127.0.0.1:{SERVICE_PORTS['stats'] + offset}"
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and seen != {"jianglin", "zhongshan", "fuyuan", "nankai"}:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            status, body = get(stats + "/api/kpis?group_by=community")
+            if status == 200:
+                seen = {row["key"]["community"] for row in json.loads(body)["rows"] if (row.get("received") or 0) > 0}
+            time.sleep(1)
+        assert seen == {"jianglin", "zhongshan", "fuyuan", "nankai"}, f"{seen}\n{log_tails(data)}"
+        status, page = get(stats + "/dashboard")
+        assert status == 200 and b"<html" in page.lower()
+        assert (data / "logs" / "simulator.log").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        t_stop = time.monotonic()
+        out, _ = proc.communicate(timeout=20)
+    assert time.monotonic() - t_stop < 10, out
+    assert proc.returncode == 0, out
+    assert f"{stats}/dashboard" in out  # where to look is printed
     time.sleep(0.3)
     assert processes_of(data) == [], out

@@ -269,6 +269,44 @@ async def test_expiry_offers_next_and_survives_a_restart(nats_url, mongodb_url, 
         assert task["state"] == "unfilled" and task["wake_at"] is None
 
 
+async def test_an_accept_racing_its_offers_expiry_fills_the_place_exactly_once(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
+    """The last place, wanted at the same moment by the volunteer whose offer is running out and
+    by the expiry that passes it on: one of them wins, never both (version-guarded writes)."""
+    js = nc.jetstream()
+    async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path, offer_ttl="PT1S")) as rt:
+        await register(nc, "v-1", max_tasks=10)
+        await register(nc, "v-2", grid="other-grid", max_tasks=10)
+        cases = {case_id(): offset for offset in (-0.15, -0.05, -0.01, 0.0, 0.01, 0.03, 0.08, 0.2)}
+        for cid in cases:
+            await open_case(js, cid)
+        offers = {cid: (await wait_events(js, cid, ["task_opened", "offered"]))[1][1] for cid in cases}
+
+        async def accept_near_expiry(cid: str) -> dict:
+            offer = offers[cid]
+            assert offer["volunteer"] == "v-1"
+            due = datetime.fromisoformat(offer["expires_at"]).timestamp() + cases[cid]
+            await asyncio.sleep(max(0.0, due - datetime.now(UTC).timestamp()))
+            return await respond(nc, offer["task_id"], "v-1", "accept")
+
+        replies = dict(zip(cases, await asyncio.gather(*(accept_near_expiry(c) for c in cases)), strict=True))
+        for cid, reply in replies.items():
+            if reply["ok"]:  # v-1 won: the place is v-1's and nobody else is asked
+                await asyncio.sleep(0.1)
+                assert [n for n, _ in await dispatch_events(js, cid)] == ["task_opened", "offered", "accepted"], cid
+            else:  # the expiry won: v-1 is told so, and the place goes to the next volunteer
+                assert reply["error"]["code"] in ("offer_expired", "not_offered"), reply
+                evs = await wait_events(js, cid, ["task_opened", "offered", "expired", "offered"])
+                assert evs[3][1]["volunteer"] == "v-2"
+                assert (await respond(nc, offers[cid]["task_id"], "v-2", "accept"))["ok"]
+                await wait_events(js, cid, ["task_opened", "offered", "expired", "offered", "accepted"])
+        for cid in cases:
+            task = await rt.db.tasks.find_one({"_id": offers[cid]["task_id"]})
+            assert task["state"] == "filled" and sum(o["state"] == "accepted" for o in task["offers"]) == 1, task
+        counts = {d["_id"]: (d["offers"], d["tasks"]) async for d in rt.db.volunteers.find({})}
+        won = sum(r["ok"] for r in replies.values())
+        assert counts == {"v-1": (0, won), "v-2": (0, len(cases) - won)}
+
+
 async def test_nobody_eligible_is_unfilled(nats_url, mongodb_url, db_prefix, tmp_path, nc) -> None:
     js = nc.jetstream()
     async with dispatch(settings(nats_url, mongodb_url, db_prefix, tmp_path)) as rt:

@@ -85,7 +85,7 @@ def _directory(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from demo.simulator import main as simulate_main
 
-    return simulate_main(sys.argv[2:])
+    return simulate_main(args.rest)
 
 
 def _docs(args: argparse.Namespace) -> int:
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     docs.add_argument("--check", action="store_true", help="fail if committed files are stale")
     docs.set_defaults(fn=_docs)
 
-    args, _ = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    args.rest = rest  # `simulate` hands its own options on to the simulator
     return int(args.fn(args) or 0)
 
 

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench lint docs docs-check browser clean
+.PHONY: install run test test-fast bench lint docs docs-check browser screenshot clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The README's dashboard picture, taken from the running demo (about 4 minutes).
+screenshot: install browser
+	$(BIN)/python -m demo.screenshot
 
 lint: install
 	$(BIN)/ruff check shared services tests bench demo deploy

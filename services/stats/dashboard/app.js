@@ -28,8 +28,15 @@ function pct(v) { return v === null || v === undefined ? "—" : (Math.round(v *
 function num(v) { return v === null || v === undefined ? "—" : String(v); }
 function fmt(v, kind) { return kind === "r" ? pct(v) : num(v); }
 function rateClass(v) { return v === null || v === undefined ? "" : v >= 0.9 ? "good" : v >= 0.7 ? "warn" : "bad"; }
-function communityName(code) { const n = directory.communities[code]; return n ? `${n} ${code}` : String(code); }
-function gridName(code) { const g = directory.grids[code]; return g ? `${g[0]} ${code}` : String(code); }
+// a case nobody could place (no community, or no grid): triaged above the grids, not a unit of its own
+function communityName(code) {
+  if (code === null || code === undefined) return "未定位 unlocated";
+  const n = directory.communities[code]; return n ? `${n} ${code}` : String(code);
+}
+function gridName(code) {
+  if (code === null || code === undefined) return "网格外 not in a grid";
+  const g = directory.grids[code]; return g ? `${g[0]} ${code}` : String(code);
+}
 
 async function getJSON(url) {
   const r = await fetch(url, { cache: "no-store" });
@@ -85,7 +92,7 @@ function renderSummary(totals) {
 function renderRanking(rows) {
   const ol = document.getElementById("ranking");
   ol.replaceChildren();
-  const ranked = rows.filter(r => !r.suppressed && r.score !== null).sort((a, b) => b.score - a.score);
+  const ranked = rows.filter(r => r.key.grid !== null && !r.suppressed && r.score !== null).sort((a, b) => b.score - a.score);
   for (const r of ranked) {
     const li = el("li", { "data-key": String(r.key.grid) });
     li.append(el("span", {}, gridName(r.key.grid)));

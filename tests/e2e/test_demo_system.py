@@ -69,6 +69,10 @@ async def test_demo_for_a_minute_exercises_every_path(tmp_path: Path) -> None:
         by_level = {row["key"]["level"]: row for row in (await asyncio.to_thread(get_json, stack.url("stats", "/api/kpis?group_by=level")))["rows"]}
         assert (by_level.get("grid") or {}).get("resolved") and (by_level.get("community") or {}).get("resolved")
 
+        overview = await asyncio.to_thread(get_json, stack.url("stats", "/api/overview"))
+        assert overview["mediation"]["agreed"] > 0 and overview["mediation"]["failed"] > 0, overview["mediation"]
+        assert overview["volunteer_hours"] > 0  # completed volunteer tasks, hours credited
+
         metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(stack.url("stats", "/metrics"), timeout=5).read().decode())  # noqa: S310
         assert metric(metrics, "gridcase_mediation_outcomes_total", outcome="agreed") > 0
         assert sum(

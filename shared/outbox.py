@@ -40,6 +40,11 @@ PUBLISHING = 4  # units of work publishing in the background at once, at most
 # assigned path; an entry left a little longer costs nothing (the relay takes only those
 # older than 3 s, and a repeat is dropped by JetStream's duplicate window).
 SWEEP_PAUSE_S = 0.5
+# A unit of work with more writes than this sends them per collection (`insert_many` and
+# collection `bulk_write`s) rather than as one client `bulkWrite`: the embedded database spends
+# about twice the time per document on a client `bulkWrite` (measured: 0.54 against 0.31 ms a
+# document for 500 inserts), which outweighs the round trips saved once a batch is large.
+ONE_STATEMENT_MAX = 32
 
 
 @dataclass
@@ -67,12 +72,42 @@ class UnitOfWork:
 
     async def _send(self, client: AsyncMongoClient, outbox: str, entry: dict[str, Any] | None) -> None:
         models = self.writes + ([InsertOne(entry, namespace=outbox)] if entry else [])
-        # per-write results only when a guard is to be checked (they make the reply longer)
-        result = await client.bulk_write(models, session=self.session, ordered=True, verbose_results=bool(self.guarded))
-        if self.guarded:
-            updates = result.update_results
-            if sum(updates[i].matched_count for i in self.guarded if i in updates) != self.must_match:
-                raise Conflict()
+        if len(models) > ONE_STATEMENT_MAX:
+            matched = await self._send_per_collection(client, models)
+        else:
+            # per-write results only when a guard is to be checked (they make the reply longer)
+            result = await client.bulk_write(models, session=self.session, ordered=True, verbose_results=bool(self.guarded))
+            updates = result.update_results if self.guarded else {}
+            matched = sum(updates[i].matched_count for i in self.guarded if i in updates)
+        if matched != self.must_match:
+            raise Conflict()
+
+    async def _send_per_collection(self, client: AsyncMongoClient, models: list[Any]) -> int:
+        """The writes in order, one statement for each run of the same collection and kind
+        (plain inserts; guarded writes; other writes): the matched count of the guarded ones."""
+        guarded, matched, i = set(self.guarded), 0, 0
+        while i < len(models):
+            ns, kind = _run_key(models[i], i in guarded)
+            j = i + 1
+            while j < len(models) and _run_key(models[j], j in guarded) == (ns, kind):
+                j += 1
+            db, _, coll = ns.partition(".")
+            collection = client[db][coll]
+            if kind == "insert":
+                await collection.insert_many([m._doc for m in models[i:j]], ordered=True, session=self.session)
+            else:  # a collection's bulk_write takes the same models (it ignores their namespace)
+                result = await collection.bulk_write(models[i:j], ordered=True, session=self.session)
+                if kind == "guarded":
+                    matched += result.matched_count
+            i = j
+        return matched
+
+
+def _run_key(model: Any, guarded: bool) -> tuple[str, str]:
+    # pymongo's write models keep their namespace (and an insert its document) in slots with no
+    # public accessor; both have been there since client bulk writes came (4.9)
+    kind = "guarded" if guarded else "insert" if isinstance(model, InsertOne) else "other"
+    return model._namespace, kind
 
 
 class Outbox:

@@ -20,7 +20,7 @@ from shared.contract.intake import Report
 from shared.contract.subjects import dlq_subject
 from shared.errors import Conflict, DomainError, lost_race, only_duplicates
 from shared.messaging import ConsumerSpec, DeadLetters, declare_streams, ensure_consumer
-from shared.outbox import SimulatedCrash
+from shared.outbox import ONE_STATEMENT_MAX, SimulatedCrash, UnitOfWork
 
 from ..support import (
     command,
@@ -176,13 +176,15 @@ async def test_crash_between_commit_and_publish_loses_no_event(probe) -> None:
     assert await eventually(lambda: _count_zero(rt), what="outbox emptied")
 
 
+@pytest.mark.parametrize("size", ["one statement", "per collection"])
 async def test_queued_writes_commit_with_the_events_and_a_stale_guard_writes_nothing(
-    nats_url: str, mongodb_url: str, db_prefix: str
+    nats_url: str, mongodb_url: str, db_prefix: str, size: str
 ) -> None:
-    """`uow.write(...)`: the writes go with the outbox document in one statement at commit. Only
-    the writes declared guarded count against `matched` (an upsert that matches does not); a
-    guard that does not match fails the unit of work with `Conflict` and nothing of it is
-    stored or published; a duplicate key is recognised as one."""
+    """`uow.write(...)`: the writes go with the outbox document at commit — in one statement, or
+    (a large unit of work) one per run of a collection. Only the writes declared guarded count
+    against `matched` (an upsert that matches does not); a guard that does not match fails the
+    unit of work with `Conflict` and nothing of it is stored or published; a duplicate key is
+    recognised as one."""
     settings = service_settings("probe", nats_url, mongodb_url, db_prefix)
     nc = await connect(nats_url)
     js = nc.jetstream()
@@ -190,11 +192,17 @@ async def test_queued_writes_commit_with_the_events_and_a_stale_guard_writes_not
     def notice(qid: str) -> Envelope:
         return rt.event(s.INTAKE_REJECTED, {"errors": [], "quarantine_id": qid, "at": "2026-11-30T00:00:00Z"})
 
+    def pad(uow: UnitOfWork, tag: str) -> None:
+        """Enough other writes (first, in a collection of their own) to make the unit large."""
+        if size == "per collection":
+            uow.write(InsertOne({"_id": f"{tag}-{i}"}, namespace=rt.db.pad.full_name) for i in range(ONE_STATEMENT_MAX))
+
     async with running("probe", settings, probe_service({})) as rt:
         docs = rt.db.docs
         ns = docs.full_name
         await docs.insert_many([{"_id": "a", "rev": 1}, {"_id": "b", "rev": 1}])
         async with rt.outbox.unit_of_work() as uow:
+            pad(uow, "ok")
             uow.write([UpdateOne({"_id": "a", "rev": 1}, {"$inc": {"rev": 1}}, namespace=ns)], matched=1)
             uow.write([UpdateOne({"_id": "b"}, {"$set": {"seen": True}}, upsert=True, namespace=ns)])
             uow.emit(notice("queued-1"))
@@ -203,6 +211,7 @@ async def test_queued_writes_commit_with_the_events_and_a_stale_guard_writes_not
 
         with pytest.raises(Conflict):
             async with rt.outbox.unit_of_work() as uow:
+                pad(uow, "stale")
                 uow.write([InsertOne({"_id": "c"}, namespace=ns)])
                 uow.write([UpdateOne({"_id": "a", "rev": 1}, {"$inc": {"rev": 1}}, namespace=ns)], matched=1)
                 uow.emit(notice("stale-1"))
@@ -211,9 +220,13 @@ async def test_queued_writes_commit_with_the_events_and_a_stale_guard_writes_not
 
         with pytest.raises(PyMongoError) as raised:
             async with rt.outbox.unit_of_work() as uow:
+                pad(uow, "dup")
                 uow.write([InsertOne({"_id": "d"}, namespace=ns), InsertOne({"_id": "a"}, namespace=ns)])
         assert only_duplicates(raised.value) and not lost_race(raised.value)
         assert await docs.find_one({"_id": "d"}) is None
+        padded = ONE_STATEMENT_MAX if size == "per collection" else 0
+        assert await rt.db.pad.count_documents({}) == padded  # only the committed unit's
+        assert await rt.db.pad.count_documents({"_id": {"$regex": "^ok-"}}) == padded
 
         events = await eventually(lambda: _stream(js, s.INTAKE_REJECTED, 1), what="the committed unit's event")
         await asyncio.sleep(0.5)

@@ -62,8 +62,9 @@ class UnitOfWork:
         """Writes (pymongo write models with a `namespace`) sent together with the outbox entry
         in one `client.bulk_write` at commit: a unit of work is then one statement and the
         commit, not one per collection plus the outbox's (each statement is a round trip the
-        report → assigned path waits for). `matched`: how many documents the guarded updates
-        and replacements among them must match, or the unit of work fails with `Conflict`."""
+        report → assigned path waits for). Over `ONE_STATEMENT_MAX` writes they go per
+        collection instead (see there). `matched`: how many documents the guarded updates and
+        replacements among them must match, or the unit of work fails with `Conflict`."""
         start = len(self.writes)
         self.writes.extend(models)
         if matched:

@@ -153,16 +153,17 @@ def test_make_run_shows_the_four_communities_live_and_ctrl_c_stops_everything(tm
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=repo,
     )
     stats = f"http://127.0.0.1:{SERVICE_PORTS['stats'] + offset}"
-    seen: set[str] = set()
+    four = {"jianglin", "zhongshan", "fuyuan", "nankai"}
+    seen: set[str | None] = set()  # None: cases nobody could place in a community (triage)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and seen != {"jianglin", "zhongshan", "fuyuan", "nankai"}:
+        while time.monotonic() < deadline and not four <= seen:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             status, body = get(stats + "/api/kpis?group_by=community")
             if status == 200:
                 seen = {row["key"]["community"] for row in json.loads(body)["rows"] if (row.get("received") or 0) > 0}
             time.sleep(1)
-        assert seen == {"jianglin", "zhongshan", "fuyuan", "nankai"}, f"{seen}\n{log_tails(data)}"
+        assert four <= seen <= four | {None}, f"{seen}\n{log_tails(data)}"
         status, page = get(stats + "/dashboard")
         assert status == 200 and b"<html" in page.lower()
         assert (data / "logs" / "simulator.log").exists()

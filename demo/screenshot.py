@@ -24,8 +24,16 @@ from shared.contract.subjects import SERVICE_PORTS
 from shared.launcher import free_port_offset
 
 REPO = Path(__file__).resolve().parents[1]
+# Debian's package (`make browser`); offline, so nothing that reaches out
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def demo_stack(data: str | Path, port_offset: int, rate: float) -> list[str]:
+    """The command line of what `make run` starts, on a data folder and ports of its own."""
+    return [sys.executable, "-m", "shared.cli", "up", "--demo", "--policy", str(REPO / "demo" / "policy-minutes.yaml"),
+            "--rate", str(rate), "--data", str(data), "--port-offset", str(port_offset)]
 
 
 def _ready(url: str) -> bool:
@@ -61,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     dashboard = f"http://127.0.0.1:{SERVICE_PORTS['stats'] + offset}/dashboard"
     with tempfile.TemporaryDirectory(prefix="gridcase-screenshot-") as data:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "up", "--demo", "--policy", str(REPO / "demo" / "policy-minutes.yaml"),
-             "--rate", str(a.rate), "--data", data, "--port-offset", str(offset)],
+            demo_stack(data, offset, a.rate),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True,
         )
         try:

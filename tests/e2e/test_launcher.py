@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from demo.screenshot import REPO, demo_stack
 from shared.contract.subjects import SERVICE_PORTS
 from shared.embedded import port_open
 from shared.launcher import free_port_offset
@@ -146,11 +147,9 @@ def test_make_run_shows_the_four_communities_live_and_ctrl_c_stops_everything(tm
     would: within 2 minutes the dashboard and its API show cases of the demo's four communities;
     Ctrl-C stops every process, the simulator included."""
     data, offset = tmp_path / "data", free_port_offset()
-    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--demo", "--policy", str(repo / "demo" / "policy-minutes.yaml"),
-         "--rate", "4", "--data", str(data), "--port-offset", str(offset)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=repo,
+        demo_stack(data, offset, rate=4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, cwd=REPO,
     )
     stats = f"http://127.0.0.1:{SERVICE_PORTS['stats'] + offset}"
     four = {"jianglin", "zhongshan", "fuyuan", "nankai"}

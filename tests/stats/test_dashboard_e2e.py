@@ -11,6 +11,7 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright
 
+from demo.screenshot import CHROMIUM, CHROMIUM_ARGS
 from shared.contract import subjects as s
 from shared.contract.directory import DirectoryChanged
 from shared.contract.envelope import Envelope
@@ -20,9 +21,6 @@ from .history import GRIDS, build_history, expected_reply
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 NAMES = {"jl": "金川社区", "hs": "和顺社区"}
 
 
@@ -69,7 +67,7 @@ async def test_dashboard_shows_the_expected_numbers(stats_service: StatsService)
     busiest = max(periods, key=lambda p: len(expected_reply(history.expected, *periods[p], {}, ["grid"])["rows"]))
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = await browser.new_page(viewport={"width": 1600, "height": 1400})
             await page.goto(svc.url + "/dashboard")

@@ -109,7 +109,7 @@ class IntakeStore:
 
     def insert_reports(self, docs: Sequence[dict[str, Any]], uow: UnitOfWork) -> None:
         """The reports, their cases' view, and each under its place and category for linking
-        (written with the unit of work's events, in one statement)."""
+        (queued on the unit of work: written with its events at commit)."""
         uow.write(InsertOne(d, namespace=self.reports.full_name) for d in docs)
         uow.write(InsertOne(case_view(d), namespace=self.cases.full_name) for d in docs)
         linked: dict[str, list[dict[str, Any]]] = {}

@@ -1,7 +1,7 @@
 """Routing's MongoDB persistence: cases (one document per case, version-guarded) and the directory.
 
-Hot paths use `_id` lookups and writes queued on the unit of work (sent with its events in one
-`client.bulk_write`), guarded by `rev` (`ReplaceOne({_id, rev})`, or one
+Hot paths use `_id` lookups and writes queued on the unit of work (sent with its events at
+commit, see `UnitOfWork.write`), guarded by `rev` (`ReplaceOne({_id, rev})`, or one
 `UpdateMany({_id: {$in}, rev})` for cases changed alike);
 `rev` is the document revision every write checks and bumps, so two writers of one case
 cannot both win.

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .contract.catalogue import COMMANDS, EVENTS
+from .contract.catalogue import COMMANDS, DOWNCASTS, EVENTS
 from .contract.subjects import SERVICE_ACCESS, SERVICES, stream_for
 
 
@@ -52,6 +52,22 @@ def render_catalogue() -> str:
     for subject, model in EVENTS.items():
         owner = owners.get(subject, "platforms" if subject.endswith("report.v1") else "")
         lines.append(f"| `{subject}` | {stream_for(subject).name} | {owner} | {_fields(model)} |")
+    lines += [
+        "",
+        "## Versions beside each other",
+        "",
+        "A newer version is published together with the older one while consumers of the older",
+        "one remain: the same fact, one envelope per version, the older payload being the newer",
+        "one minus the fields it added. A consumer of every version (`gridcase.dispatch.>`)",
+        "counts the fact once, from the older copy. A durable for a version after v1 has the",
+        "version in its name (`routing-dispatch-unfilled-v2`).",
+        "",
+        "| newer | also published as | added |",
+        "|---|---|---|",
+    ]
+    for newer, (older, model) in DOWNCASTS.items():
+        added = ", ".join(f"`{f}`" for f in EVENTS[newer].model_fields if f not in model.model_fields)
+        lines.append(f"| `{newer}` | `{older}` | {added} |")
     lines += [
         "",
         "## Commands (request/reply, queue group per service)",

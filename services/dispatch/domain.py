@@ -41,7 +41,7 @@ from shared.contract.dispatch import (
     TaskCancelled,
     TaskCompleted,
     TaskOpened,
-    TaskUnfilled,
+    TaskUnfilledV2,
     Volunteer,
 )
 from shared.errors import DomainError
@@ -686,8 +686,10 @@ class Task:
                 o.state = OfferState.released
                 out.effects.append(Effect(o.volunteer, tasks=-1))
         self.state = state
-        model = TaskCancelled if state is TaskState.cancelled else TaskUnfilled
-        out.events.append(self._event(state.value, model, now, reason=reason))
+        if state is TaskState.cancelled:
+            out.events.append(self._event(state.value, TaskCancelled, now, reason=reason))
+        else:  # v2 carries the level the task served (published beside v1: see the catalogue)
+            out.events.append(self._event(state.value, TaskUnfilledV2, now, reason=reason, level=self.level))
         return out
 
     def _require_active(self) -> None:

@@ -28,6 +28,7 @@ from shared.app import Runtime
 from shared.batching import OFF_PATH_INTERVAL_S, Coalescer, one_by_one
 from shared.contract import subjects
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
+from shared.contract.catalogue import published_as
 from shared.contract.dispatch import (
     ClaimTask,
     CompleteTask,
@@ -229,7 +230,8 @@ class Dispatch:
 
     def _emit(self, uow: UnitOfWork, task: Task, outcome: Outcome) -> None:
         for name, data in outcome.events:
-            uow.emit(self.rt.event(subjects.dispatch_event(name), data, subject=task.case_id))
+            for subject, body in published_as(subjects.dispatch_event(name), data):
+                uow.emit(self.rt.event(subject, body, subject=task.case_id))
 
     async def _task(self, task_id: str, uow: UnitOfWork) -> Task:
         task = await self.store.get_task(task_id, uow.session)

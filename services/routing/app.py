@@ -6,7 +6,7 @@ from shared.app import Runtime
 from shared.contract import case as case_contract
 from shared.contract import subjects as s
 from shared.contract.directory import Directory
-from shared.contract.dispatch import TaskCompleted, TaskUnfilled
+from shared.contract.dispatch import TaskCompleted, TaskUnfilledV2
 from shared.contract.envelope import Envelope
 from shared.contract.mediation import MediationAgreed, MediationFailed, MediationOpened
 from shared.timers import DuePoller
@@ -82,11 +82,13 @@ def register(rt: Runtime) -> None:
                 d.case_id, body.id, lambda case, ctx: domain.dispatch_completed(case, d.volunteer, ctx)
             )
 
-    @rt.messaging.consume(s.dispatch_event("unfilled"))
-    async def on_dispatch_unfilled(body: Envelope[TaskUnfilled]) -> None:
+    @rt.messaging.consume(s.DISPATCH_UNFILLED_V2)
+    async def on_dispatch_unfilled(body: Envelope[TaskUnfilledV2]) -> None:
         d = body.data
         if d.case_id:
-            await routing.apply_external(d.case_id, body.id, lambda case, ctx: domain.dispatch_unfilled(case, ctx))
+            await routing.apply_external(
+                d.case_id, body.id, lambda case, ctx: domain.dispatch_unfilled(case, d.level, ctx)
+            )
 
 
 def _serve_command(rt: Runtime, routing: Routing, verb: str, model: type) -> None:

@@ -568,9 +568,11 @@ def dispatch_completed(case: Case, volunteer: str, ctx: Ctx) -> Events:
     return events
 
 
-def dispatch_unfilled(case: Case, ctx: Ctx) -> Events:
+def dispatch_unfilled(case: Case, level: str, ctx: Ctx) -> Events:
+    """A task found no volunteer: the case climbs, unless it has already left the level the
+    task served (that level's task is being cancelled, the new level has a task of its own)."""
     events: Events = []
-    if case.state in (ASSIGNED, ACCEPTED) and case.handling == Handling.dispatch.value:
+    if case.state in (ASSIGNED, ACCEPTED) and case.handling == Handling.dispatch.value and level == case.level:
         if not _escalate(case, ev.EscalationReason.dispatch_unfilled, ctx, events):
             case.handling = Handling.direct.value
             _assign(

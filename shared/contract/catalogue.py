@@ -47,6 +47,7 @@ EVENTS: dict[str, type[BaseModel]] = {
     s.dispatch_event("expired"): dispatch.OfferExpired,
     s.dispatch_event("completed"): dispatch.TaskCompleted,
     s.dispatch_event("unfilled"): dispatch.TaskUnfilled,
+    s.DISPATCH_UNFILLED_V2: dispatch.TaskUnfilledV2,
     s.dispatch_event("cancelled"): dispatch.TaskCancelled,
     s.DIRECTORY_CHANGED: directory.DirectoryChanged,
 }
@@ -80,6 +81,36 @@ COMMANDS: dict[str, type[BaseModel]] = {
 
 # (old type) -> (new type, function upgrading the data dict). None yet: v1 is current.
 UPCASTERS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+
+
+# A newer version → the older one still published beside it, and the older payload's model.
+# The producer emits the newer model; `published_as` adds the older copy (the newer payload
+# minus what it added), so consumers of the older subject keep working. A consumer that reads
+# every version (`gridcase.dispatch.>`) takes each fact once, from the older copy, which streams
+# from before the newer version existed hold as well (`is_newer_copy`).
+DOWNCASTS: dict[str, tuple[str, type[BaseModel]]] = {
+    s.DISPATCH_UNFILLED_V2: (s.dispatch_event("unfilled"), dispatch.TaskUnfilled),
+}
+# The current version of an event a producer names by its v1 subject.
+CURRENT: dict[str, str] = {old: new for new, (old, _) in DOWNCASTS.items()}
+
+
+def published_as(subject: str, data: BaseModel) -> list[tuple[str, BaseModel]]:
+    """The subjects and payloads one event goes out as: its current version, then any older
+    version still published beside it."""
+    subject = CURRENT.get(subject, subject)
+    if not isinstance(data, EVENTS[subject]):
+        raise TypeError(f"{subject} carries {EVENTS[subject].__name__}, not {type(data).__name__}")
+    out = [(subject, data)]
+    if subject in DOWNCASTS:
+        older, model = DOWNCASTS[subject]
+        out.append((older, model.model_validate(data.model_dump(include=set(model.model_fields)))))
+    return out
+
+
+def is_newer_copy(type_: str) -> bool:
+    """Whether an event of this type has an older copy beside it (count that one instead)."""
+    return type_ in DOWNCASTS
 
 
 class UnknownType(ValueError):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
-from .common import CaseId, Code, ContractModel, Language, UtcDatetime
+from .common import CaseId, Code, ContractModel, Language, Level, UtcDatetime
 from .intake import halfwidth
 
 VolunteerId = Annotated[Code, BeforeValidator(halfwidth)]
@@ -93,6 +93,14 @@ class TaskCompleted(DispatchEventData):
 
 class TaskUnfilled(DispatchEventData):
     reason: str = "no_volunteer"
+
+
+class TaskUnfilledV2(TaskUnfilled):
+    """`unfilled.v2`: v1 plus the level of the assignment the task served. Routing escalates
+    only if the case is still at that level: a task opened for an earlier assignment can run
+    out of volunteers after the case has moved on, before dispatch has cancelled it."""
+
+    level: Level
 
 
 class TaskCancelled(DispatchEventData):

@@ -6,7 +6,6 @@ and for each service's AsyncAPI document.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 PREFIX = "gridcase"
@@ -49,8 +48,14 @@ def mediation_event(name: str) -> str:
     return f"gridcase.mediation.{name}.v1"
 
 
-def dispatch_event(name: str) -> str:
-    return f"gridcase.dispatch.{name}.v1"
+def dispatch_event(name: str, version: int = 1) -> str:
+    return f"gridcase.dispatch.{name}.v{version}"
+
+
+# `unfilled` gained the level of the assignment its task served (routing must not escalate a
+# case on a task it has already moved past). v1 is still published beside it: see
+# `catalogue.DOWNCASTS`.
+DISPATCH_UNFILLED_V2 = dispatch_event("unfilled", 2)
 
 
 def command(service: str, verb: str) -> str:
@@ -127,12 +132,14 @@ STATS_QUERY = command("stats", "query")
 
 
 def durable_name(service: str, subject: str, instance: str = "") -> str:
-    """`routing` + `gridcase.case.received.v1` → `routing-case-received`; `>` → `all`.
+    """`routing` + `gridcase.case.received.v1` → `routing-case-received`; `>` → `all`; a later
+    version keeps its suffix (`routing-dispatch-unfilled-v2`): a durable's filter cannot be
+    changed in place, so a new version must get a durable of its own.
 
     An `instance` (a replicated read model's instance id) is appended: `stats-case-all-stats-0`.
     """
     parts = subject.split(".")[1:]
-    if parts and re.fullmatch(r"v[0-9]+", parts[-1]):
+    if parts and parts[-1] == "v1":
         parts = parts[:-1]
     name = "-".join([service, *[("all" if p == ">" else p) for p in parts]]).replace("_", "-")
     return f"{name}-{instance}" if instance else name
@@ -188,7 +195,7 @@ SERVICE_ACCESS: dict[str, ServiceAccess] = {
             mediation_event("agreed"),
             mediation_event("failed"),
             dispatch_event("completed"),
-            dispatch_event("unfilled"),
+            DISPATCH_UNFILLED_V2,
         ),
         serves=tuple(command("case", v) for v in CASE_COMMANDS) + (DIRECTORY_LOAD,),
         listens=(DIRECTORY_CHANGED,),
@@ -201,7 +208,7 @@ SERVICE_ACCESS: dict[str, ServiceAccess] = {
     ),
     "dispatch": ServiceAccess(
         service="dispatch",
-        publishes=tuple(dispatch_event(e) for e in DISPATCH_EVENTS),
+        publishes=tuple(dispatch_event(e) for e in DISPATCH_EVENTS) + (DISPATCH_UNFILLED_V2,),
         consumes=(case_event("received"), case_event("assigned"), case_event("closed")),
         serves=tuple(command("dispatch", v) for v in DISPATCH_COMMANDS),
         # every replica keeps the volunteer registry in memory: it hears each registration

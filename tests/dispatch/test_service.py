@@ -13,6 +13,7 @@ import pytest
 
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
+from shared.contract.catalogue import is_newer_copy
 from shared.contract.envelope import new_id
 
 from ..support import (
@@ -130,6 +131,8 @@ async def dispatch_events(js, cid: str | None = None) -> list[tuple[str, dict[st
     out = []
     for m in await stream_messages(js, "GRIDCASE_DISPATCH"):
         body = json.loads(m.data)
+        if is_newer_copy(body["type"]):  # `unfilled.v2` beside each `unfilled`: see test_nobody_eligible_is_unfilled
+            continue
         if cid is None or body["data"].get("case_id") == cid:
             out.append((body["type"].split(".")[2], body["data"]))
     return out
@@ -319,6 +322,11 @@ async def test_nobody_eligible_is_unfilled(nats_url, mongodb_url, db_prefix, tmp
         await open_case(js, cid, needs={"skills": ["elderly_care"], "people": 1})
         evs = await wait_events(js, cid, ["task_opened", "unfilled"])
         assert evs[1][1]["reason"] == "no_volunteer" and evs[1][1]["version"] == 2
+        # the same fact as `unfilled.v2` first, with the level of the assignment the task served
+        copies = [json.loads(m.data) for m in await stream_messages(js, "GRIDCASE_DISPATCH")]
+        copies = [b for b in copies if b["data"].get("case_id") == cid and ".unfilled." in b["type"]]
+        assert [b["type"] for b in copies] == [s.DISPATCH_UNFILLED_V2, s.dispatch_event("unfilled")]
+        assert copies[0]["data"] == {**evs[1][1], "level": "grid"} and copies[0]["id"] != copies[1]["id"]
         await metric(rt.registry, "gridcase_dispatch_unfilled_total", {"community": COMMUNITY}, 1)
         gone = [d for n, d in await dispatch_events(js) if n == "volunteer_registered" and d["volunteer"] == "v-gone"]
         assert [d["active"] for d in gone] == [True, False]

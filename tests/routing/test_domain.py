@@ -312,7 +312,9 @@ def test_mediation_pauses_resolve_clock_agreed_resolves_failed_escalates(index: 
 
 def test_dispatch_outcomes(index: DirectoryIndex) -> None:
     case, _ = opened(index, "help.home_service")
-    events = domain.dispatch_unfilled(case, ctx(index))
+    assert case.level == "grid"
+    assert domain.dispatch_unfilled(case, "building", ctx(index)) == []  # a task of a level it has left
+    events = domain.dispatch_unfilled(case, "grid", ctx(index))
     assert names(events) == ["escalated", "assigned"] and events[1][1].handling == "direct"
     assert domain.dispatch_completed(case, "v-1", ctx(index)) == []  # no longer a dispatch case
     other, _ = opened(index, "help.micro_wish")

@@ -180,9 +180,15 @@ async def test_outcomes_from_mediation_and_dispatch(routing_env: Env) -> None:
 
     task = {"task_id": "T-1", "at": "2026-11-30T00:00:00Z"}
     help_ = await opened(env, category="help.home_service", building="c1-g01-b04")
-    await publish_event(js, s.dispatch_event("unfilled"), {**task, "case_id": help_["case_id"]}, source="/gridcase/dispatch")
-    up = await eventually(lambda: _named(env, help_["case_id"], "assigned", 2), what="re-assigned")
-    assert up[1][1]["handling"] == "direct" and up[1][1]["level"] == "community"
+    hid = help_["case_id"]
+    await env.cmd("escalate", case_id=hid, by=help_["assignee"], reason="needs the community")  # still dispatch
+    # the grid task runs out after the case has moved to the community: not the case's concern
+    await publish_event(js, s.DISPATCH_UNFILLED_V2, {**task, "case_id": hid, "level": "grid"}, source="/gridcase/dispatch")
+    await asyncio.sleep(0.5)
+    assert [d["level"] for n, d, _ in await env.events(hid) if n == "assigned"] == ["grid", "community"]
+    await publish_event(js, s.DISPATCH_UNFILLED_V2, {**task, "case_id": hid, "level": "community"}, source="/gridcase/dispatch")
+    up = await eventually(lambda: _named(env, hid, "assigned", 3), what="re-assigned")
+    assert up[2][1]["handling"] == "direct" and up[2][1]["level"] == "street"
     wish = await opened(env, category="help.micro_wish", building="c1-g01-b05")
     await publish_event(js, s.dispatch_event("completed"), {**task, "case_id": wish["case_id"], "volunteer": "v-9", "hours": 1.5}, source="/gridcase/dispatch")
     done = await eventually(lambda: _named(env, wish["case_id"], "resolved"), what="resolved by volunteer")

@@ -24,6 +24,8 @@ def test_default_names_are_unchanged() -> None:
     assert durables("stats") == {"stats-case-all", "stats-mediation-all", "stats-dispatch-all", "stats-directory-changed"}
     assert durables("stats") == {d for _, d in SERVICE_ACCESS["stats"].durables}
     assert durable_name("routing", "gridcase.case.received.v1") == "routing-case-received"
+    # a later version gets a durable of its own (an existing durable's filter cannot change)
+    assert durable_name("routing", "gridcase.dispatch.unfilled.v2") == "routing-dispatch-unfilled-v2"
 
 
 def test_a_stats_instance_has_durables_and_a_database_of_its_own() -> None:

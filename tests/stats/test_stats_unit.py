@@ -7,10 +7,13 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import ValidationError
 
-from services.stats import kpis, projection
+from services.stats import engine, kpis, projection
 from services.stats.projection import IDX, N
+from shared.contract import subjects as s
 from shared.contract.catalogue import model_for
+from shared.contract.envelope import RawEvent
 
 from .history import build_history
 
@@ -131,3 +134,19 @@ def test_rollup_months_and_days_agree() -> None:
     roll.move(None, ["2026-10-01", ["d", "a", "x", "other", "wechat", "grid"], counts(received=1, open=1)])
     roll.move(["2026-10-01", ["d", "a", "x", "other", "wechat", "grid"], counts(received=1, open=1)], None)
     assert roll.backlog == before
+
+
+def test_an_unfilled_task_counts_once_though_it_comes_as_v1_and_v2() -> None:
+    task = {"task_id": "T-01JABC", "case_id": "C-01JABCDEF", "version": 3, "at": "2026-11-30T02:00:00Z", "reason": "no_volunteer"}
+    v1 = RawEvent.new(s.dispatch_event("unfilled"), task, source="/gridcase/dispatch")
+    v2 = RawEvent.new(s.DISPATCH_UNFILLED_V2, {**task, "level": "grid"}, source="/gridcase/dispatch")
+    assert engine.item_for(v2) is None
+    doc = {"_id": "t:T-01JABC"}
+    for env in (v2, v1):
+        item = engine.item_for(env)
+        if item is not None:
+            engine.apply_aux(doc, item)
+    assert engine.aux_contribution(doc)["dispatch_unfilled"] == 1
+    # a v2 copy is still checked: a bad one is refused (→ dead-letter queue), not dropped unseen
+    with pytest.raises(ValidationError):
+        engine.item_for(RawEvent.new(s.DISPATCH_UNFILLED_V2, {**task, "level": "city"}, source="/gridcase/dispatch"))

@@ -9,7 +9,16 @@ import pytest
 from pydantic import ValidationError
 
 from shared.contract import subjects as s
-from shared.contract.catalogue import COMMANDS, EVENTS, UnknownType, model_for, parse_event
+from shared.contract.catalogue import (
+    COMMANDS,
+    EVENTS,
+    UnknownType,
+    is_newer_copy,
+    model_for,
+    parse_event,
+    published_as,
+)
+from shared.contract.dispatch import TaskCompleted, TaskUnfilled, TaskUnfilledV2
 from shared.contract.envelope import Envelope
 from shared.contract.intake import Report
 from shared.errors import field_errors
@@ -74,6 +83,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     s.dispatch_event("expired"): {**TASK, "volunteer": "v-1"},
     s.dispatch_event("completed"): {**TASK, "volunteer": "v-1", "hours": 1.5},
     s.dispatch_event("unfilled"): TASK,
+    s.DISPATCH_UNFILLED_V2: {**TASK, "reason": "offers_exhausted", "level": "community"},
     s.dispatch_event("cancelled"): TASK,
     s.DIRECTORY_CHANGED: {**{k: v for k, v in DIRECTORY.items() if k != "staff"}, "version": 1, "staff": [{"id": "s-1", "role": "grid_worker", "unit": "jianglin-g01", "community": "jianglin", "languages": ["zh"]}], "counts": {"grids": 1}, "at": AT},
     # commands
@@ -119,6 +129,26 @@ def test_round_trip_through_the_envelope(subject: str) -> None:
     assert decoded_env.id == env.id and decoded_env.specversion == "1.0"
     assert decoded == data
     assert json.loads(wire)["datacontenttype"] == "application/json"
+
+
+def test_unfilled_goes_out_as_v2_and_as_v1_beside_it() -> None:
+    v2 = TaskUnfilledV2.model_validate(SAMPLES[s.DISPATCH_UNFILLED_V2])
+    # the producer names the event by its v1 subject and emits the current model
+    out = published_as(s.dispatch_event("unfilled"), v2)
+    assert [subject for subject, _ in out] == [s.DISPATCH_UNFILLED_V2, s.dispatch_event("unfilled")]
+    assert out[0][1] is v2
+    v1 = out[1][1]
+    assert type(v1) is TaskUnfilled and v1.model_dump() == {k: v for k, v in v2.model_dump().items() if k != "level"}
+    for subject, data in out:  # each copy decodes as its own version
+        _, decoded = parse_event(Envelope.new(subject, data.model_dump(mode="json"), source="/tests").to_json())
+        assert decoded == data
+    # a consumer of every version takes the fact from the v1 copy only
+    assert is_newer_copy(s.DISPATCH_UNFILLED_V2) and not is_newer_copy(s.dispatch_event("unfilled"))
+    # an event with one version goes out once; the wrong model for a subject is refused
+    done = TaskCompleted.model_validate(SAMPLES[s.dispatch_event("completed")])
+    assert published_as(s.dispatch_event("completed"), done) == [(s.dispatch_event("completed"), done)]
+    with pytest.raises(TypeError):
+        published_as(s.dispatch_event("unfilled"), TaskUnfilled.model_validate(TASK))
 
 
 def test_timestamps_are_stored_as_utc() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -69,7 +70,8 @@ async def test_dashboard_shows_the_expected_numbers(stats_service: StatsService)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = await browser.new_page(viewport={"width": 1600, "height": 1400})
+            # a browser far from the city: times must still read as the city's (Asia/Shanghai)
+            page = await browser.new_page(viewport={"width": 1600, "height": 1400}, timezone_id="America/New_York")
             await page.goto(svc.url + "/dashboard")
             await page.wait_for_selector("body[data-loaded='1']", timeout=20_000)
             assert "金川社区" in await page.inner_text(f"#community-{busiest}")
@@ -102,6 +104,12 @@ async def test_dashboard_shows_the_expected_numbers(stats_service: StatsService)
             shown = await page.eval_on_selector_all("#backlog td[data-field='open']", "els => els.map(e => +e.textContent)")
             assert sum(shown) == backlog_open
             assert len(await page.query_selector_all("#recent tr")) == 26  # header + 25 events
+            assert (await page.inner_text("#clock")).endswith("(Asia/Shanghai)")
+            async with httpx.AsyncClient(base_url=svc.url) as http:
+                first = (await http.get("/api/recent")).json()["events"][0]
+            at = datetime.fromisoformat(first["at"]).astimezone(ZoneInfo(overview["timezone"]))
+            shown = await page.inner_text("#recent tr:nth-child(2) td:first-child")
+            assert shown == f"{at.year}/{at.month}/{at.day} {at:%H:%M:%S}", (shown, first["at"])
             shot = await page.screenshot(full_page=True)
             assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
         finally:

@@ -17,6 +17,15 @@ const COLUMNS = [
 ];
 
 let directory = { communities: {}, grids: {} };
+// Times are shown in the city's time zone (the one the KPI days are cut in), whatever the
+// browser's own: an operator or integrator elsewhere sees the same day and hour as the city.
+let timeZone = "Asia/Shanghai";
+
+function localTime(d, timeOnly = false) {
+  const opts = { hour12: false, timeZone };
+  return timeOnly ? d.toLocaleTimeString("zh-CN", opts) : d.toLocaleString("zh-CN", opts);
+}
+function tick() { document.getElementById("clock").textContent = localTime(new Date()) + " (" + timeZone + ")"; }
 
 function el(tag, attrs = {}, text) {
   const e = document.createElement(tag);
@@ -140,7 +149,7 @@ function renderRecent(events) {
   t.append(head);
   for (const e of events.slice(0, 25)) {
     const tr = el("tr");
-    for (const v of [new Date(e.at).toLocaleString("zh-CN", { hour12: false }), e.type, e.case_id, e.category,
+    for (const v of [localTime(new Date(e.at)), e.type, e.case_id, e.category,
       e.community || "—", e.grid || "—", e.level ? LEVELS[e.level] : "—"]) tr.append(el("td", {}, v));
     t.append(tr);
   }
@@ -149,6 +158,8 @@ function renderRecent(events) {
 async function refresh() {
   const overview = await getJSON("/api/overview");
   directory = overview.directory;
+  timeZone = overview.timezone;
+  tick();
   const chosen = document.getElementById("period").value;
   const label = PERIODS[chosen];
   for (const id of ["grid-period-label", "rank-period-label", "esc-period-label"]) document.getElementById(id).textContent = label;
@@ -170,7 +181,7 @@ async function refresh() {
   renderBacklog(overview.backlog);
   renderEscalations(overview.escalations[chosen]);
   renderRecent((await getJSON("/api/recent")).events);
-  document.getElementById("updated").textContent = new Date().toLocaleTimeString("zh-CN", { hour12: false });
+  document.getElementById("updated").textContent = localTime(new Date(), true);
   document.body.dataset.loaded = "1";
 }
 
@@ -178,6 +189,6 @@ async function loop() {
   try { await refresh(); } catch (err) { document.getElementById("updated").textContent = "error: " + err.message; }
   setTimeout(loop, REFRESH_MS);
 }
-setInterval(() => { document.getElementById("clock").textContent = new Date().toLocaleString("zh-CN", { hour12: false }); }, 1000);
+setInterval(tick, 1000);
 document.getElementById("period").addEventListener("change", refresh);
 loop();

@@ -277,7 +277,18 @@ async def reset_streams(nats_url: str) -> None:
                 await js.delete_stream(s.name)
             except nats.js.errors.NotFoundError:
                 pass
-        await declare_streams(js)
+        # nats-server may still be removing a deleted stream's files (a large one, after the
+        # throughput scenario): creating it again then fails with "error creating store for
+        # stream" (10049) for a moment
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await declare_streams(js)
+                break
+            except nats.js.errors.ServerError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         await nc.close()
 

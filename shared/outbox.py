@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -86,21 +87,18 @@ class UnitOfWork:
     async def _send_per_collection(self, client: AsyncMongoClient, models: list[Any]) -> int:
         """The writes in order, one statement for each run of the same collection and kind
         (plain inserts; guarded writes; other writes): the matched count of the guarded ones."""
-        guarded, matched, i = set(self.guarded), 0, 0
-        while i < len(models):
-            ns, kind = _run_key(models[i], i in guarded)
-            j = i + 1
-            while j < len(models) and _run_key(models[j], j in guarded) == (ns, kind):
-                j += 1
+        guarded, matched = set(self.guarded), 0
+        runs = groupby(enumerate(models), key=lambda im: _run_key(im[1], im[0] in guarded))
+        for (ns, kind), run in runs:
+            run_models = [m for _, m in run]
             db, _, coll = ns.partition(".")
             collection = client[db][coll]
             if kind == "insert":
-                await collection.insert_many([m._doc for m in models[i:j]], ordered=True, session=self.session)
+                await collection.insert_many([m._doc for m in run_models], ordered=True, session=self.session)
             else:  # a collection's bulk_write takes the same models (it ignores their namespace)
-                result = await collection.bulk_write(models[i:j], ordered=True, session=self.session)
+                result = await collection.bulk_write(run_models, ordered=True, session=self.session)
                 if kind == "guarded":
                     matched += result.matched_count
-            i = j
         return matched
 
 

@@ -86,7 +86,7 @@ async def run(opts: Options, work: Path) -> list[Row]:
         if sys_want:
             rows += await _guard(run_system(infra.nats_url, infra.mongodb_url, infra.second_mongodb_url, opts, floor, work, sys_want, infra.pids), "1 throughput", settle=db)
         if "escalation" in want:
-            rows += await _guard(run_escalation(infra.nats_url, infra.mongodb_url, opts, work), "3 escalation", settle=db)
+            rows += await _guard(run_escalation(infra.nats_url, infra.mongodb_url, opts, work, infra.pids), "3 escalation", settle=db)
         if "stats" in want:
             rows += await _guard(run_stats_query(infra.nats_url, infra.mongodb_url, opts, work), "4 stats query", settle=db)
         if "dispatch" in want:

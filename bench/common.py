@@ -177,6 +177,59 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+# A SecantusDB process is Python under one GIL: it works on about one core at most (seen
+# saturated at 0.92–1.0 cores in scenario 3), however many cores the machine has.
+DATABASES = ("secantusdb", "secantusdb-2")
+
+
+@dataclass
+class CpuCeiling:
+    """The rate the CPU spent per item allows at most: the whole system on the machine's cores,
+    and each database on the one core it can use. At the batch sizes of the run it was measured
+    in (a fuller batch costs less per item)."""
+
+    ms_per_item: dict[str, float]
+    cores: int
+
+    @classmethod
+    def measure(cls, before: dict[str, float], after: dict[str, float], items: int, cores: int | None = None) -> CpuCeiling | None:
+        """From CPU seconds per process (`cpu_seconds`) before and after `items` were done."""
+        if items <= 0:
+            return None
+        ms = {n: round(1000 * (after[n] - before[n]) / items, 3) for n in after if n in before}
+        return cls(ms, cores or os.cpu_count() or 1) if ms else None
+
+    @property
+    def system_ms(self) -> float:
+        return sum(self.ms_per_item.values())
+
+    @property
+    def busiest_database(self) -> str | None:
+        dbs = [n for n in self.ms_per_item if n in DATABASES and self.ms_per_item[n] > 0]
+        return max(dbs, key=self.ms_per_item.__getitem__) if dbs else None
+
+    @property
+    def per_s(self) -> float | None:
+        """The lower of the two ceilings (items a second)."""
+        limits = []
+        if self.system_ms > 0:
+            limits.append(1000 * self.cores / self.system_ms)
+        if (db := self.busiest_database) is not None:
+            limits.append(1000 / self.ms_per_item[db])
+        return min(limits) if limits else None
+
+    def describe(self, item: str) -> str:
+        text = f"whole system {self.system_ms:.2f} ms CPU per {item} → {self.cores} cores allow {1000 * self.cores / self.system_ms:,.0f}/s"
+        if (db := self.busiest_database) is not None:
+            ms = self.ms_per_item[db]
+            text += f"; {db} {ms:.2f} ms per {item} → its one core allows {1000 / ms:,.0f}/s"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpu_ms_per_item": self.ms_per_item, "cores": self.cores, "system_ms": round(self.system_ms, 3),
+                "busiest_database": self.busiest_database, "ceiling_per_s": self.per_s}
+
+
 async def settle_database(pid: int | None, *, idle_cores: float = 0.1, limit_s: float = 90.0) -> float:
     """Wait until the database process is idle (dropping the last scenario's data, flushing its
     cache), so a scenario does not pay for the one before it; returns the seconds waited."""

@@ -36,9 +36,11 @@ from shared.launcher import Stack, StackConfig, free_port_offset
 from shared.policy import load_policy
 
 from .common import (
+    CpuCeiling,
     Options,
     Row,
     command,
+    cpu_seconds,
     database_time,
     drop_databases,
     error_row,
@@ -94,7 +96,8 @@ def _rows_na(why: str) -> list[Row]:
     ]
 
 
-async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir: Path) -> list[Row]:
+async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir: Path,
+                         infra_pids: dict[str, int | None] | None = None) -> list[Row]:
     n = int(opts.escalation_n or opts.d(100_000, 3_000))
     window = opts.d(60, 10)
     await reset_streams(nats_url)
@@ -168,6 +171,10 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
                 await asyncio.sleep(1)
 
         mon = asyncio.create_task(monitor())
+        # the CPU the escalations cost, from the first deadline on: what bounds the rate
+        pids = {n: p for n, p in {**(infra_pids or {}), "routing": pid}.items() if p and n != "secantusdb-2"}
+        await asyncio.sleep(max(0.0, t0.timestamp() - time.time()))
+        cpu0 = _cpu(pids)
         end_wait = t0.timestamp() + window + 6
         await asyncio.sleep(max(0.0, end_wait - time.time()))
         # then until every case has escalated or none has for a while: a late escalation is late,
@@ -181,6 +188,7 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
                 last, stable_since = cur, time.time()
             await asyncio.sleep(1)
         cutoff = datetime.now(UTC)
+        state["cpu"] = (cpu0, _cpu(pids))
         mon.cancel()
         log_database_time("escalation", await asyncio.to_thread(database_time, stack))
         log("escalation: reading escalated events back from the stream")
@@ -197,6 +205,10 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         with contextlib.suppress(Exception):
             await reset_streams(nats_url)
             await drop_databases(mongodb_url, DB_PREFIX)
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    return {n: c for n, p in pids.items() if (c := cpu_seconds(p)) is not None}
 
 
 def _analyse(due: dict[str, tuple[datetime, str]], escalated: list[Any], n: int, cutoff: datetime,
@@ -250,9 +262,14 @@ def _analyse(due: dict[str, tuple[datetime, str]], escalated: list[Any], n: int,
     if early:
         note += f"; {early} escalated before due"
     p99 = percentile(late, 99)
-    return [
+    rows = [
         Row(S3, "escalation lateness p99", None if p99 is None else round(p99, 3), "s", 2, "<=",
             status="ok" if late else "error", note=note if late else "no escalations observed", details=det),
         Row(S3, "missed escalations", float(missed), "", 0, "<=", note=f"of {len(due):,} due"),
         Row(S3, "doubled escalations", float(doubled), "", 0, "<=", note=f"of {len(due):,} due"),
     ]
+    ceiling = CpuCeiling.measure(*state["cpu"], len(stored_at)) if state.get("cpu") else None
+    if ceiling is not None and ceiling.per_s:
+        rows.append(Row(S3, "ceiling: escalations/s the CPU per escalation allows", round(ceiling.per_s), "/s",
+                        note=ceiling.describe("escalation") + f"; due {det['due_per_s']}/s", details=ceiling.as_dict()))
+    return rows

@@ -1,7 +1,7 @@
 """Profile a service process under load and save a text summary in bench/results/.
 
 Two tools:
-- py-spy (`pip install py-spy` into .venv): attaches to a running pid, samples for N seconds,
+- py-spy (in the dev extra, installed by `make install`): attaches to a running pid, samples for N seconds,
   no restart needed. `start_profile(pid, name, seconds)` is what `python -m bench --profile
   routing` uses during scenario 1's steady run (it costs CPU on a 2-core box, so figures from
   a profiled run are a little low).

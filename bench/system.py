@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,6 +32,7 @@ from shared.contract.subjects import (
 from shared.launcher import Stack, StackConfig
 
 from .common import (
+    CpuCeiling,
     Options,
     Pacer,
     Row,
@@ -219,8 +221,8 @@ async def _run_at(sys_: System, stage: str, rate: float, seconds: float, prefix:
     el = time.monotonic() - t0
     cpu1 = sys_.cpu()
     done = samples[-1][1] if samples else 0
-    # CPU seconds each process spent per 1,000 completed reports: what bounds the throughput
-    cpu_per_1k = {n: round((cpu1[n] - cpu0[n]) / done * 1000, 2) for n in cpu1 if n in cpu0 and done > 0}
+    # CPU each process spent per completed report: what bounds the throughput
+    ceiling = CpuCeiling.measure(cpu0, cpu1, done)
     cpu_share = {n: round((cpu1[n] - cpu0[n]) / el, 2) for n in cpu1 if n in cpu0}
     # completion rate: least squares over the samples after the first third of publishing
     pts = [(t, c) for t, c, b in samples if t >= min(t_pub, el) / 3 and (t <= t_pub or b > 50)]
@@ -236,7 +238,7 @@ async def _run_at(sys_: System, stage: str, rate: float, seconds: float, prefix:
         "backlog_slope": round(slope(back), 2),
         "backlog_end": samples[-1][2] if samples else None,
         "completed": done,
-        "cpu_s_per_1k_reports": cpu_per_1k,
+        "cpu_ceiling": ceiling.as_dict() if ceiling else None,
         "cpu_cores_used": cpu_share,
         "samples": [(round(t, 1), c, b) for t, c, b in samples],
     }
@@ -326,6 +328,17 @@ def floor_ratio_row(tp: Row, floor: float | None) -> Row:
     )
 
 
+def ceiling_row(tp: Row) -> Row | None:
+    """What the CPU per report of the steady run allows at most (see `CpuCeiling`)."""
+    runs = tp.details.get("runs") or []
+    found = runs[-1].get("cpu_ceiling") if runs else None
+    if not found:
+        return None
+    c = CpuCeiling(found["cpu_ms_per_item"], found["cores"])
+    return Row(S1, "ceiling: reports/s the CPU per report of the steady run allows", round(c.per_s or 0, 1), "reports/s",
+               note=c.describe("report"), details=c.as_dict())
+
+
 # ---- scenario 2 --------------------------------------------------------------------------------
 async def scenario_latency(sys_: System, pipe: Pipeline, opts: Options) -> list[Row]:
     if not pipe.routing:
@@ -377,7 +390,9 @@ async def _latency_at(sys_: System, rate: int, seconds: float, prefix: str) -> t
     pacer = Pacer(sys_.js, lambda i: (INTAKE_REPORT, *_with_key(sys_.wl.report_envelope(i, prefix=prefix), sys_.wl.external_id(i, prefix))))
     try:
         log(f"latency: {rate} reports/s for {seconds:.0f}s")
+        cpu0, t0 = sys_.cpu(), time.monotonic()
         await pacer.run(rate, seconds, track=True)
+        cpu1, el = sys_.cpu(), time.monotonic() - t0
         await wait_for(lambda: _all_assigned(by_ext, asg_at, pacer.sent), 15)
     finally:
         for s in subs:
@@ -406,6 +421,9 @@ async def _latency_at(sys_: System, rate: int, seconds: float, prefix: str) -> t
         # publish → intake takes it → `received` seen → routing decides → `assigned` seen
         "stages_p50_ms": {k: percentile(v, 50) for k, v in stages.items()},
         "stages_p99_ms": {k: percentile(v, 99) for k, v in stages.items()},
+        # how busy the machine was while publishing: at a trickle every report pays whole round trips
+        "cores_used": round(sum(cpu1[n] - cpu0[n] for n in cpu1 if n in cpu0) / el, 2),
+        "cpu_cores": os.cpu_count(),
     }
     return lat, det
 
@@ -417,6 +435,7 @@ def _latency_note(lat: list[float], det: dict[str, Any]) -> str:
         note += "; p50/p99 by stage: " + ", ".join(
             f"{k} {det['stages_p50_ms'][k]:.0f}/{det['stages_p99_ms'][k]:.0f}" for k in det["stages_p50_ms"]
         ) + " ms"
+    note += f"; the machine used {det['cores_used']:.2f} of its {det['cpu_cores']} cores"
     return note
 
 
@@ -523,6 +542,8 @@ async def run_system(nats_url: str, mongodb_url: str, second_mongodb_url: str, o
                 tp.details["database_time"] = db_time = await asyncio.to_thread(database_time, stack)
                 log_database_time("throughput", db_time)
                 rows += [tp, floor_ratio_row(tp, floor)]
+                if (ceiling := ceiling_row(tp)) is not None:
+                    rows.append(ceiling)
                 ran_load = tp.figure is not None
             except Exception as exc:
                 rows.append(error_row(S1, M1, exc, target=1000, unit="reports/s"))

@@ -305,6 +305,7 @@ class Messaging:
     consumers: list[ConsumerSpec] = field(default_factory=list)
     _advisory_subs: list[Any] = field(default_factory=list)
     _batches: set[asyncio.Task[None]] = field(default_factory=set)
+    _js: tuple[Client, JetStreamContext] | None = None
 
     @property
     def nc(self) -> Client:
@@ -312,7 +313,14 @@ class Messaging:
 
     @property
     def js(self) -> JetStreamContext:
-        return self.nc.jetstream()
+        """One JetStream context per connection. A context subscribes to its own inbox for
+        `publish_async`'s acks and never unsubscribes: a context per publish leaked a
+        subscription each time — with its task, and the batch it was made for (~3.5 KB a
+        report, found by tracemalloc)."""
+        nc = self.nc
+        if self._js is None or self._js[0] is not nc:
+            self._js = (nc, nc.jetstream())
+        return self._js[1]
 
     def consume(
         self, subject: str, *, durable: str | None = None, batch: int | None = None, hot: bool = False, **kw: Any

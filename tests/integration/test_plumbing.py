@@ -176,6 +176,21 @@ async def test_crash_between_commit_and_publish_loses_no_event(probe) -> None:
     assert await eventually(lambda: _count_zero(rt), what="outbox emptied")
 
 
+async def test_publishing_does_not_add_a_subscription_per_unit_of_work(probe) -> None:
+    """Every publish goes through one JetStream context: nats-py subscribes a context to its
+    own inbox for `publish_async`'s acks and never lets go, so a context per publish leaked a
+    subscription — with its task and the batch it was made for — per unit of work."""
+    rt, nc, _ = probe
+    js = nc.jetstream()
+    await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": "subs-0"})
+    await eventually(lambda: _stream(js, s.INTAKE_REJECTED, 1), timeout=10, what="first event")
+    subscriptions = len(rt.messaging.nc._subs)
+    for i in range(1, 21):
+        await publish(js, s.INTAKE_REPORT, {**REPORT, "external_id": f"subs-{i}"})
+        await eventually(lambda i=i: _stream(js, s.INTAKE_REJECTED, i + 1), timeout=10, what=f"event {i + 1}")
+    assert len(rt.messaging.nc._subs) == subscriptions
+
+
 @pytest.mark.parametrize("size", ["one statement", "per collection"])
 async def test_queued_writes_commit_with_the_events_and_a_stale_guard_writes_nothing(
     nats_url: str, mongodb_url: str, db_prefix: str, size: str

@@ -45,7 +45,8 @@ class Store:
         return Case.from_doc(doc) if doc else None
 
     async def get_many(self, case_ids: Sequence[str]) -> dict[str, Case]:
-        return {d["_id"]: Case.from_doc(d) async for d in self.cases.find({"_id": {"$in": list(case_ids)}})}
+        ids = list(case_ids)  # all in one reply (a find's first reply holds 101 documents unless told)
+        return {d["_id"]: Case.from_doc(d) async for d in self.cases.find({"_id": {"$in": ids}}, batch_size=max(len(ids), 1))}
 
     def insert(self, cases: Sequence[Case], uow: UnitOfWork) -> None:
         uow.write(InsertOne(c.to_doc(), namespace=self.cases.full_name) for c in cases)

@@ -4,6 +4,9 @@ overlap of one batch's write with the next query."""
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+import shared.timers
 from shared.timers import MAX_SPAN, MIN_SPAN, DuePoller, DueSlice
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -60,8 +63,10 @@ class _SlowFinds:
     def __init__(self) -> None:
         self.database = {"leases": None}
         self.answers: list[tuple[asyncio.Event | None, list[dict]]] = []
+        self.queries: list[dict] = []
 
-    def find(self, query):
+    def find(self, query, **_options):
+        self.queries.append(query)
         gate, docs = self.answers.pop(0)
 
         class _Cursor:
@@ -100,3 +105,46 @@ async def test_overlap_never_hands_over_a_stale_read_of_a_batch_that_finished_me
     await poller.poll_once(now)
     await poller.settle()
     assert handed == ["a1", "a2", "b1"]
+
+
+async def _poll_with_a_batch_in_hand(
+    full_poll_s: float, monkeypatch: pytest.MonkeyPatch
+) -> tuple[_SlowFinds, DuePoller, datetime, asyncio.Event]:
+    """Batch a is handed over and stays in hand (its write ends when the event is set); then
+    one more poll."""
+    monkeypatch.setattr(shared.timers, "FULL_POLL_S", full_poll_s)
+    now = datetime.now(UTC)
+    a = [{"_id": "a1", "wake_at": now - 3 * S}, {"_id": "a2", "wake_at": now - 2 * S}]
+    b = [{"_id": "b1", "wake_at": now - S}]
+    written = asyncio.Event()
+
+    async def on_due(docs, _now) -> None:
+        await written.wait()
+
+    col = _SlowFinds()
+    col.answers = [(None, a), (None, [a[1], *b])]
+    poller = DuePoller(col, on_due, overlap=2)  # type: ignore[arg-type]
+    await poller.poll_once(now)
+    await poller.poll_once(now)
+    return col, poller, now, written
+
+
+async def test_with_a_batch_in_hand_a_caught_up_poll_reads_on_from_its_newest_due_time(monkeypatch) -> None:
+    """Documents in hand stay due until written: reading them again on every poll was a sixth
+    of the database's work in a burst of escalations."""
+    col, poller, now, written = await _poll_with_a_batch_in_hand(60.0, monkeypatch)
+    assert col.queries == [{"wake_at": {"$lte": now}}, {"wake_at": {"$gte": now - 2 * S, "$lte": now}}]
+    assert poller._in_hand == {"a1", "a2", "b1"}  # a2, read again at the slice's start, not handed twice
+    written.set()
+    await poller.settle()
+    assert not poller._in_hand and poller._hand_high is None
+    col.answers = [(None, [])]
+    await poller.poll_once(now)  # nothing in hand: everything due, so nothing left behind below stays
+    assert col.queries[-1] == {"wake_at": {"$lte": now}}
+
+
+async def test_with_batches_in_hand_everything_due_is_still_read_every_full_poll_interval(monkeypatch) -> None:
+    col, poller, now, written = await _poll_with_a_batch_in_hand(0.0, monkeypatch)
+    assert col.queries == [{"wake_at": {"$lte": now}}, {"wake_at": {"$lte": now}}]
+    written.set()
+    await poller.settle()

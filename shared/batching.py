@@ -17,6 +17,9 @@ T = TypeVar("T")
 # this often: ~4 units of work a second, however fast events come. (At 0.1 s their small
 # units of work crowded the database at 100 reports/s: report → assigned p50 180 ms.)
 OFF_PATH_INTERVAL_S = 0.25
+# ... so such a consumer handles at most a fetched batch per interval: it fetches this many
+# (about 2,000 events a second; with 128 a report stream over ~250/s left them behind for good).
+OFF_PATH_BATCH = 512
 R = TypeVar("R")
 
 Flush = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]

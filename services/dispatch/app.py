@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.app import Runtime
+from shared.batching import OFF_PATH_BATCH
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
 from shared.contract.common import Handling
@@ -36,17 +37,17 @@ def register(rt: Runtime) -> None:
     # in the next unit of work (`Dispatch.case_event`). Non-help cases are skipped here, free.
     # hot: `received` should be here before routing has assigned the case (then the parties or
     # needs are known when the dossier or task opens); `assigned` and `closed` can wait longer
-    @rt.messaging.consume_each(s.case_event("received"), CaseReceived, hot=True)
+    @rt.messaging.consume_each(s.case_event("received"), CaseReceived, batch=OFF_PATH_BATCH, hot=True)
     async def on_received(body: Envelope[CaseReceived]) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category):
             await svc.case_event(body.data)
 
-    @rt.messaging.consume_each(s.case_event("assigned"), CaseAssigned)
+    @rt.messaging.consume_each(s.case_event("assigned"), CaseAssigned, batch=OFF_PATH_BATCH)
     async def on_assigned(body: Envelope[CaseAssigned], delivered: int) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category, body.data.handling):
             await svc.case_event(body.data, delivered)
 
-    @rt.messaging.consume_each(s.case_event("closed"), CaseClosed)
+    @rt.messaging.consume_each(s.case_event("closed"), CaseClosed, batch=OFF_PATH_BATCH)
     async def on_closed(body: Envelope[CaseClosed]) -> None:
         if rt.policy.concerns(Handling.dispatch, body.data.category):
             await svc.case_event(body.data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.app import Runtime
+from shared.batching import OFF_PATH_BATCH
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed
 from shared.contract.directory import DirectoryChanged
@@ -58,11 +59,11 @@ def register(rt: Runtime) -> None:
     async def on_contact(body: Envelope[ContactRequest]) -> dict[str, Any]:
         return await intake.contact(body.data, body.id)
 
-    @rt.messaging.consume_each(s.case_event("assigned"), CaseAssigned)
+    @rt.messaging.consume_each(s.case_event("assigned"), CaseAssigned, batch=OFF_PATH_BATCH)
     async def on_assigned(body: Envelope[CaseAssigned]) -> None:
         await intake.on_assigned(body.data)
 
-    @rt.messaging.consume_each(s.case_event("closed"), CaseClosed)
+    @rt.messaging.consume_each(s.case_event("closed"), CaseClosed, batch=OFF_PATH_BATCH)
     async def on_closed(body: Envelope[CaseClosed]) -> None:
         await intake.on_closed(body.data)
 

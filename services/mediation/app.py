@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.app import Runtime
+from shared.batching import OFF_PATH_BATCH
 from shared.contract import subjects as s
 from shared.contract.case import CaseAssigned, CaseClosed, CaseReceived
 from shared.contract.common import Handling
@@ -35,7 +36,8 @@ def register(rt: Runtime) -> None:
     # one transaction, in arrival order. Cases that are not disputes cost nothing.
     # hot: `received` should be here before routing has assigned the case (then the parties or
     # needs are known when the dossier or task opens); `assigned` and `closed` can wait longer
-    each = rt.messaging.consume_each
+    def each(subject: str, model: Any, **kw: Any):
+        return rt.messaging.consume_each(subject, model, batch=OFF_PATH_BATCH, **kw)
 
     @each(s.case_event("received"), CaseReceived, hot=True)
     async def on_received(body: Envelope[CaseReceived]) -> None:

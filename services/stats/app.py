@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from shared.app import Runtime, route
+from shared.batching import OFF_PATH_BATCH
 from shared.contract import subjects as s
 from shared.contract.envelope import Envelope, RawEvent
 from shared.contract.stats import KpiQuery
@@ -38,7 +39,7 @@ def register(rt: Runtime) -> None:
 
     for subject in SUBJECTS:
 
-        @rt.messaging.consume_each(subject, dict[str, Any], batch=512)
+        @rt.messaging.consume_each(subject, dict[str, Any], batch=OFF_PATH_BATCH)
         async def on_event(body: RawEvent) -> None:
             await handlers.on_event(body)
 

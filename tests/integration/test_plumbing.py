@@ -349,8 +349,14 @@ async def test_a_batch_handled_for_longer_than_the_ack_wait_is_not_redelivered_m
     async with running("probe", settings, batch_probe_service(calls, {})) as rt:
         await publish(nc.jetstream(), s.INTAKE_REPORT, {**REPORT, "external_id": "slow-1", "title": "slow"})
         await eventually(lambda: _count(rt, 1), timeout=10, what="the slow report stored")
-        info = await nc.jetstream().consumer_info("GRIDCASE_INTAKE", "probe-intake-report")
-        assert info.num_redelivered == 0 and info.num_ack_pending == 0
+
+        async def acked():
+            # the ack follows the store, so wait for it rather than race it
+            info = await nc.jetstream().consumer_info("GRIDCASE_INTAKE", "probe-intake-report")
+            return info if info.num_ack_pending == 0 else None
+
+        info = await eventually(acked, timeout=5, what="the slow batch acked")
+        assert info.num_redelivered == 0
         assert calls == [["slow-1"]]
         assert await stream_messages(nc.jetstream(), "GRIDCASE_DLQ") == []
     await nc.close()

@@ -19,7 +19,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.operations import IndexModel, ReplaceOne, UpdateOne
 
 from shared.contract.dispatch import Volunteer
-from shared.db import Indexes
+from shared.db import Indexes, by_ids
 from shared.errors import Conflict
 from shared.timers import WAKE_INDEX
 
@@ -94,10 +94,7 @@ class DispatchStore:
 
     async def get_tasks(self, task_ids: Iterable[str], session: AsyncClientSession | None = None) -> dict[str, Task]:
         """Tasks by id (those that exist); no statement at all for no ids."""
-        ids = list(dict.fromkeys(task_ids))
-        if not ids:
-            return {}
-        return {d["_id"]: Task.from_doc(d) async for d in self.tasks.find({"_id": {"$in": ids}}, session=session)}
+        return {d["_id"]: Task.from_doc(d) for d in await by_ids(self.tasks, task_ids, session=session)}
 
     async def save_tasks(self, tasks: Iterable[Task], session: AsyncClientSession) -> None:
         """Insert new tasks and replace changed ones, version-guarded (`Conflict` if one lost)."""
@@ -128,7 +125,7 @@ class DispatchStore:
     async def get_cases(self, case_ids: Iterable[str], session: AsyncClientSession | None = None) -> dict[str, CaseInfo]:
         """Every case asked for: the stored one, or a new (unsaved) one."""
         ids = list(dict.fromkeys(case_ids))
-        found = {d["_id"]: CaseInfo.from_doc(d) async for d in self.cases.find({"_id": {"$in": ids}}, session=session)}
+        found = {d["_id"]: CaseInfo.from_doc(d) for d in await by_ids(self.cases, ids, session=session)}
         return {cid: found.get(cid) or CaseInfo(case_id=cid) for cid in ids}
 
     async def save_cases(self, cases: Iterable[CaseInfo], session: AsyncClientSession) -> None:

@@ -25,7 +25,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from shared.db import Indexes
+from shared.db import Indexes, by_ids
 from shared.errors import only_duplicates
 from shared.outbox import UnitOfWork
 
@@ -85,10 +85,7 @@ class IntakeStore:
     # ---- reports --------------------------------------------------------------------------
     async def existing(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Report key → `{case_id, envelope_id}` for the keys already stored."""
-        if not keys:
-            return {}
-        cursor = self.reports.find({"_id": {"$in": list(keys)}}, {"case_id": 1, "envelope_id": 1})
-        return {d["_id"]: d async for d in cursor}
+        return {d["_id"]: d for d in await by_ids(self.reports, keys, {"case_id": 1, "envelope_id": 1})}
 
     async def open_cases(self, link_keys: Iterable[str], since: datetime) -> dict[str, list[OpenCase]]:
         """Link key → the cases of that place and category received since `since` and still open."""
@@ -96,15 +93,15 @@ class IntakeStore:
         if not keys:
             return {}
         recent: dict[str, list[OpenCase]] = {}
-        async for d in self.links.find({"_id": {"$in": keys}}):
+        for d in await by_ids(self.links, keys):
             cases = [OpenCase(c["case_id"], c["at"]) for c in d.get("cases", ())]
             recent[d["_id"]] = [c for c in cases if c.received_at >= since]
         ids = [c.case_id for cs in recent.values() for c in cs]
         if not ids:
             return {}
-        still_open = {d["_id"] async for d in self.cases.find({"_id": {"$in": ids}, "open": True}, {"_id": 1})}
+        still_open = {d["_id"] for d in await by_ids(self.cases, ids, {"_id": 1}, also={"open": True})}
         closures = [closure_id(i) for i in still_open]
-        still_open -= {d["case_id"] async for d in self.changes.find({"_id": {"$in": closures}}, {"case_id": 1})}
+        still_open -= {d["case_id"] for d in await by_ids(self.changes, closures, {"case_id": 1})}
         return {k: kept for k, cs in recent.items() if (kept := [c for c in cs if c.case_id in still_open])}
 
     def insert_reports(self, docs: Sequence[dict[str, Any]], uow: UnitOfWork) -> None:

@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.operations import IndexModel
 
-from shared.db import Indexes
+from shared.db import Indexes, by_ids
 from shared.errors import Conflict, only_duplicates
 from shared.timers import WAKE_INDEX
 
@@ -161,8 +161,7 @@ class Store:
 
     async def get_cases(self, case_ids: Sequence[str], session: AsyncClientSession) -> dict[str, CaseFile]:
         """Every case asked for: a new (empty) case file for those not stored yet."""
-        docs = await self.cases.find({"_id": {"$in": list(case_ids)}}, session=session).to_list()
-        stored = {d["_id"]: CaseFile.model_validate(d) for d in docs}
+        stored = {d["_id"]: CaseFile.model_validate(d) for d in await by_ids(self.cases, case_ids, session=session)}
         return {cid: stored.get(cid) or CaseFile(case_id=cid) for cid in case_ids}
 
     async def save_case(self, cf: CaseFile, session: AsyncClientSession) -> None:

@@ -18,7 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.operations import IndexModel, InsertOne, ReplaceOne
 
 from shared.contract.directory import Directory
-from shared.db import Indexes, guarded_writes
+from shared.db import Indexes, by_ids, guarded_writes
 from shared.outbox import UnitOfWork
 from shared.timers import WAKE_INDEX
 
@@ -45,8 +45,7 @@ class Store:
         return Case.from_doc(doc) if doc else None
 
     async def get_many(self, case_ids: Sequence[str]) -> dict[str, Case]:
-        ids = list(case_ids)  # all in one reply (a find's first reply holds 101 documents unless told)
-        return {d["_id"]: Case.from_doc(d) async for d in self.cases.find({"_id": {"$in": ids}}, batch_size=max(len(ids), 1))}
+        return {d["_id"]: Case.from_doc(d) for d in await by_ids(self.cases, case_ids)}
 
     def insert(self, cases: Sequence[Case], uow: UnitOfWork) -> None:
         uow.write(InsertOne(c.to_doc(), namespace=self.cases.full_name) for c in cases)

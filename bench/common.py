@@ -177,6 +177,11 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def cpu_seconds_each(pids: dict[str, int]) -> dict[str, float]:
+    """`cpu_seconds` of each named process that can still be read."""
+    return {n: c for n, p in pids.items() if (c := cpu_seconds(p)) is not None}
+
+
 # A SecantusDB process is Python under one GIL: it works on about one core at most (seen
 # saturated at 0.92–1.0 cores in scenario 3), however many cores the machine has.
 DATABASES = ("secantusdb", "secantusdb-2")

@@ -40,7 +40,7 @@ from .common import (
     Options,
     Row,
     command,
-    cpu_seconds,
+    cpu_seconds_each,
     database_time,
     drop_databases,
     error_row,
@@ -174,7 +174,7 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         # the CPU the escalations cost, from the first deadline on: what bounds the rate
         pids = {n: p for n, p in {**(infra_pids or {}), "routing": pid}.items() if p and n != "secantusdb-2"}
         await asyncio.sleep(max(0.0, t0.timestamp() - time.time()))
-        cpu0 = _cpu(pids)
+        cpu0 = cpu_seconds_each(pids)
         end_wait = t0.timestamp() + window + 6
         await asyncio.sleep(max(0.0, end_wait - time.time()))
         # then until every case has escalated or none has for a while: a late escalation is late,
@@ -188,7 +188,7 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
                 last, stable_since = cur, time.time()
             await asyncio.sleep(1)
         cutoff = datetime.now(UTC)
-        state["cpu"] = (cpu0, _cpu(pids))
+        state["cpu"] = (cpu0, cpu_seconds_each(pids))
         mon.cancel()
         log_database_time("escalation", await asyncio.to_thread(database_time, stack))
         log("escalation: reading escalated events back from the stream")
@@ -205,10 +205,6 @@ async def run_escalation(nats_url: str, mongodb_url: str, opts: Options, workdir
         with contextlib.suppress(Exception):
             await reset_streams(nats_url)
             await drop_databases(mongodb_url, DB_PREFIX)
-
-
-def _cpu(pids: dict[str, int]) -> dict[str, float]:
-    return {n: c for n, p in pids.items() if (c := cpu_seconds(p)) is not None}
 
 
 def _analyse(due: dict[str, tuple[datetime, str]], escalated: list[Any], n: int, cutoff: datetime,

@@ -38,7 +38,7 @@ from .common import (
     Row,
     command,
     consumer_backlog,
-    cpu_seconds,
+    cpu_seconds_each,
     database_time,
     drop_databases,
     durables_of,
@@ -107,7 +107,7 @@ class System:
         return out
 
     def cpu(self) -> dict[str, float]:
-        return {n: c for n, p in self.pids().items() if (c := cpu_seconds(p)) is not None}
+        return cpu_seconds_each(self.pids())
 
     async def stats_totals(self) -> dict[str, Any] | None:
         q = {"from": iso(self.t_from), "to": iso(utcnow() + timedelta(days=2)), "scope": {}, "group_by": []}

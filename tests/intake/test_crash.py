@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from shared.embedded import Child, free_port
+from shared.messaging import BACKOFF_S
+from shared.settings import Settings
 
 from ..support import connect, eventually
 from .helpers import RECEIVED, leaks, report, stream_messages
@@ -21,6 +23,11 @@ from .test_intake import publish_all
 pytestmark = pytest.mark.integration
 
 BURST = 2000
+# The killed process's open transaction keeps its documents until the database reaps it, 60 s
+# after its last statement (mongod's `transactionLifetimeLimitSeconds`); the reports it held
+# are retried with back-off meanwhile and go in on the first retry after that.
+TRANSACTION_LIFETIME_S = 60
+RECOVERY_S = TRANSACTION_LIFETIME_S + max(BACKOFF_S[: Settings.model_fields["max_deliver"].default - 1]) + 30
 
 
 async def _publish_over(js, items: list, seconds: float, chunks: int = 20) -> None:
@@ -47,6 +54,7 @@ async def wait_ready(port: int, child: Child) -> None:
     await eventually(lambda: asyncio.to_thread(ready, port, child), timeout=60, interval=0.2, what="intake ready")
 
 
+@pytest.mark.timeout(RECOVERY_S + 150)
 async def test_kill_9_in_a_burst_loses_and_doubles_nothing(nats_url, mongodb_url, db_prefix, tmp_path) -> None:
     from pymongo import AsyncMongoClient
 
@@ -81,7 +89,12 @@ async def test_kill_9_in_a_burst_loses_and_doubles_nothing(nats_url, mongodb_url
 
         child = intake_process(env, log)
         await wait_ready(port, child)
-        await eventually(lambda: _at_least(reports, BURST), timeout=90, what="every report a case")
+        try:
+            await eventually(lambda: _at_least(reports, BURST), timeout=RECOVERY_S, what="every report a case")
+        except AssertionError as exc:  # say where the rest are
+            dead = len(await stream_messages(js, "GRIDCASE_DLQ"))
+            retries = [line for line in log.read_text(encoding="utf-8").splitlines() if '"warning"' in line][-5:]
+            raise AssertionError(f"{exc}; {await reports.count_documents({})} cases, {dead} dead letters, last warnings: {retries}") from None
         events = await eventually(lambda: _events(js, BURST), timeout=30, what="every received event")
         await eventually(lambda: _drained(js, mongo[f"{db_prefix}_intake"]), timeout=30, what="consumer and outbox drained")
         await asyncio.sleep(1.5)  # a doubled event would have been published by now

@@ -483,16 +483,15 @@ class _Simulation:
         if self.stopping or len(self.pending) > 20000:
             coro.close()
             return
-        task = asyncio.get_running_loop().create_task(self._guard(coro))
+        # the coroutine is the task itself, not awaited inside a wrapper: a task cancelled
+        # before its first step then closes it (a wrapper's inner coroutine was never awaited)
+        task = asyncio.get_running_loop().create_task(coro)
         self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        task.add_done_callback(self._finished)
 
-    async def _guard(self, coro: Coroutine[Any, Any, Any]) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
             self.stats.handler_errors += 1
 
     async def sleep(self, seconds: float) -> None:

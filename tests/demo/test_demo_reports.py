@@ -1,7 +1,9 @@
-"""The simulator's pure parts: report and volunteer generation (issue 8)."""
+"""The simulator's pure parts: report and volunteer generation, and how it runs and stops its actions (issue 8)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import random
 from collections import Counter
 from datetime import UTC, datetime
@@ -9,7 +11,14 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from demo.simulator import Draw, ReportFactory, SimStats, load_directory, make_volunteers
+from demo.simulator import (
+    Draw,
+    ReportFactory,
+    SimStats,
+    _Simulation,
+    load_directory,
+    make_volunteers,
+)
 from shared.contract.common import Category, Channel
 from shared.contract.dispatch import Volunteer
 from shared.contract.intake import Report
@@ -126,3 +135,36 @@ def test_stats_are_counts_only() -> None:
     assert d["commands"]["sent"] == 1 and d["commands"]["refused"] == 1
     assert d["events_seen"] == {"case.assigned": 2}
     assert "assigned=2" in stats.status_line()
+
+
+async def test_stopping_cancels_actions_cleanly_and_failed_actions_are_counted(recwarn) -> None:
+    """Actions cancelled at stop before they began are closed, not left 'never awaited' (the
+    demo e2e run warned so), and an action that raises is counted, not lost."""
+
+    class NoBroker:
+        def jetstream(self) -> None:
+            return None
+
+    stats = SimStats()
+    sim = _Simulation(NoBroker(), load_directory(), random.Random(1), 1.0, stats, "t")
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    async def waits() -> None:
+        await asyncio.sleep(60)
+
+    sim.spawn(fails())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    sim.spawn(waits())  # cancelled before its first step
+    await sim.stop()
+    for _ in range(3):  # the cancelled step runs and the loop lets go of it
+        await asyncio.sleep(0)
+    gc.collect()
+    assert stats.handler_errors == 1 and stats.actions_cancelled == 1
+    assert not sim.pending
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+    sim.spawn(waits())  # after stop: closed at once, never run
+    gc.collect()
+    assert not sim.pending and not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
